@@ -10,11 +10,17 @@ NOCGO_PKGS = $(shell $(GO) list ./... | grep -v -e /virt -e /examples/virt-backu
 # servers and guests. The timeout is a backstop, far above a normal run.
 TEST_TIMEOUT ?= 30m
 
-.PHONY: test setup check unit
+.PHONY: test setup check unit fuzz
 
-## test: install what the tests need, check formatting and builds, run every test.
+## test: install what the tests need, check formatting and builds, run every
+## test, then fuzz every parser briefly.
 test: setup check
 	$(GO) test -timeout $(TEST_TIMEOUT) ./...
+	GO=$(GO) scripts/fuzz-short
+
+## fuzz: every fuzz target for FUZZTIME (default 10s) each.
+fuzz:
+	GO=$(GO) scripts/fuzz-short
 
 ## setup: install Debian packages and start libvirtd (idempotent, needs root).
 setup:

@@ -12,11 +12,10 @@ TEST_TIMEOUT ?= 30m
 
 .PHONY: test setup check unit fuzz
 
-## test: install what the tests need, check formatting and builds, run every
-## test, then fuzz every parser briefly.
-test: setup check
+## test: install what the tests need, check formatting and builds, fuzz every
+## parser briefly, then run every test (last, so its summary ends the output).
+test: setup check fuzz
 	$(GO) test -timeout $(TEST_TIMEOUT) ./...
-	GO=$(GO) scripts/fuzz-short
 
 ## fuzz: every fuzz target for FUZZTIME (default 10s) each.
 fuzz:

@@ -20,6 +20,14 @@ type device struct {
 	data   []byte
 	log    *fakeLog
 	frozen []byte // the content at the freeze point
+	thawed bool
+}
+
+// isFrozen reports whether the freeze has begun and not ended.
+func (d *device) isFrozen() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.frozen != nil && !d.thawed
 }
 
 func (d *device) ReadAt(p []byte, off int64) (int, error) {
@@ -50,6 +58,11 @@ func (d *device) freeze(ctx context.Context, critical func(context.Context) erro
 	d.mu.Lock()
 	d.frozen = bytes.Clone(d.data)
 	d.mu.Unlock()
+	defer func() {
+		d.mu.Lock()
+		d.thawed = true
+		d.mu.Unlock()
+	}()
 	start := time.Now()
 	err := critical(ctx)
 	return time.Since(start), err
@@ -244,8 +257,11 @@ func TestNonConvergingWritesFreezeAnyway(t *testing.T) {
 	const size = 4 << 20
 	d := newDevice(size, 11)
 	sink := &memSink{written: make([]byte, size), stable: make([]byte, size)}
-	// ConvergeBytes of one byte cannot be met while the writer runs.
-	res, err := runWhileWriting(t, d, sink, []Extent{{0, size}}, Options{ConvergeBytes: 1, MaxLivePasses: 3, ChunkSize: 64 << 10})
+	// A writer that writes at every epoch boundary until the freeze never
+	// lets the pending set shrink to ConvergeBytes of one byte, however
+	// the goroutines are scheduled.
+	log := &busyLog{fakeLog: d.log, d: d, rng: rand.New(rand.NewPCG(4, 4))}
+	res, err := Run(context.Background(), d, sink, log, d.freeze, []Extent{{0, size}}, Options{ConvergeBytes: 1, MaxLivePasses: 3, ChunkSize: 64 << 10})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -255,6 +271,24 @@ func TestNonConvergingWritesFreezeAnyway(t *testing.T) {
 	if !bytes.Equal(sink.stable, d.frozen) {
 		t.Fatal("target differs from the freeze point")
 	}
+}
+
+// busyLog writes a few blocks of its device each time an epoch is cut
+// while the device is not frozen: a writer that never pauses, without
+// depending on the scheduler.
+type busyLog struct {
+	*fakeLog
+	d   *device
+	rng *rand.Rand
+}
+
+func (l *busyLog) Cut() uint64 {
+	if !l.d.isFrozen() {
+		for range 8 {
+			l.d.write(l.rng)
+		}
+	}
+	return l.fakeLog.Cut()
 }
 
 func TestLostEventsFailTheRun(t *testing.T) {

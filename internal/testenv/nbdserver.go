@@ -171,7 +171,7 @@ func (s *NBD) startOn(network, address string) error {
 	cmd := exec.Command(string(s.Kind), args...)
 	cmd.Stdout = &stderr
 	cmd.Stderr = &stderr
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	cmd.SysProcAttr = serverProcAttr()
 	if err := cmd.Start(); err != nil {
 		return err
 	}

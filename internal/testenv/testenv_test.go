@@ -203,3 +203,14 @@ func TestLibvirtGuest(t *testing.T) {
 		t.Fatalf("qemu-img info on the qcow2 disk: %v: %s", err, out)
 	}
 }
+
+func TestExclusiveSerialises(t *testing.T) {
+	// A second holder in another process must wait: flock(1) with -n
+	// fails while this test holds the lock.
+	Require(t, Commands("flock"))
+	Exclusive(t, "testenv-selftest")
+	lock := filepath.Join(BaseDir(), "testenv-selftest.lock")
+	if err := exec.Command("flock", "-n", lock, "true").Run(); err == nil {
+		t.Fatal("another process took the lock while this test held it")
+	}
+}

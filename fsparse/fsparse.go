@@ -61,6 +61,13 @@ var (
 	// ErrUnsupported reports a recognised filesystem using a feature this
 	// package cannot map exactly.
 	ErrUnsupported = errors.New("fsparse: unsupported filesystem feature")
+	// ErrNeedsRecovery reports a filesystem whose journal or log holds
+	// committed metadata not yet written in place: it is mounted and not
+	// frozen, or was not cleanly unmounted. Its on-disk allocation maps
+	// may be stale, so a map built from them could miss blocks in use.
+	// Freeze the filesystem (which checkpoints the journal) or replay the
+	// journal, then map again; or fall back to AllBlocks.
+	ErrNeedsRecovery = errors.New("fsparse: filesystem needs journal recovery")
 )
 
 // corrupt returns an error wrapping ErrCorrupt.

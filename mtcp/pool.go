@@ -1,0 +1,418 @@
+package mtcp
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os/exec"
+	"slices"
+	"sync"
+
+	"github.com/blockimage/blockimage/internal/reexec"
+)
+
+// childState is where a child is in its life, as the control process
+// sees it; it decides which message the child may send next.
+type childState int
+
+const (
+	stStarting  childState = iota // expect I
+	stIdle                        // expect nothing; may be given a chunk
+	stBusy                        // compressing c.chunk; expect D
+	stDone                        // holds c.chunk compressed; expect nothing until F
+	stFlushing                    // F sent; expect C with the Block
+	stReturning                   // Block received; expect I
+	stQuitting                    // Q sent; expect end of stream
+)
+
+type chunk struct {
+	id    uint64
+	data  []byte
+	tries int
+}
+
+type child struct {
+	pid    uint32
+	cmd    *exec.Cmd
+	send   chan Message
+	state  childState
+	chunk  *chunk
+	stderr *tailBuffer
+}
+
+// event is a message from a child, or err when its output ended.
+type event struct {
+	c   *child
+	m   Message
+	err error
+}
+
+// maxTries bounds how often one chunk is handed out again after the
+// child holding it died; a chunk that kills every child is an error.
+const maxTries = 4
+
+// pool is the control process's scheduler; run owns all its state.
+type pool struct {
+	o      Options
+	target int // children wanted
+	out    io.Writer
+	in     <-chan *chunk
+	slots  <-chan struct{} // receive one per written chunk, to let Write go on
+
+	children map[uint32]*child
+	events   chan event
+	pending  []*chunk // not assigned, by id
+	next     uint64   // next chunk to write
+	records  []indexRecord
+	inBytes  int64
+	outBytes int64
+	deaths   int
+	inputEnd bool
+	total    uint64 // chunks submitted
+	wg       sync.WaitGroup
+}
+
+// run drives the pool until the input has ended and every Block, the
+// Index and the Stream Footer are written, or until an error.
+func (p *pool) run(ctx context.Context) (err error) {
+	defer func() {
+		p.stopAll(err != nil)
+	}()
+	if err := p.write(streamHeader(checkCRC64)); err != nil {
+		return err
+	}
+	in := p.in
+	for {
+		if p.inputEnd && p.next == p.total {
+			return p.finish()
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case c, ok := <-in:
+			if !ok {
+				p.inputEnd, in = true, nil
+			} else {
+				p.total++
+				p.pending = append(p.pending, c)
+			}
+		case ev := <-p.events:
+			if err := p.handle(ev); err != nil {
+				return err
+			}
+		}
+		if err := p.dispatch(ctx); err != nil {
+			return err
+		}
+	}
+}
+
+// dispatch gives pending chunks to idle children, starts children while
+// there is work and fewer than target live, and quits idle children once
+// the input has ended and nothing is left to give.
+func (p *pool) dispatch(ctx context.Context) error {
+	for len(p.pending) > 0 {
+		c := p.idleChild()
+		if c == nil {
+			break
+		}
+		ch := p.pending[0]
+		p.pending = p.pending[1:]
+		c.state, c.chunk = stBusy, ch
+		c.send <- Message{Kind: MsgData, PID: c.pid, Chunk: ch.id, Data: ch.data}
+	}
+	for len(p.pending) > p.count(stStarting) && p.live() < p.target {
+		if err := p.spawn(ctx); err != nil {
+			return err
+		}
+	}
+	if p.inputEnd && len(p.pending) == 0 {
+		for _, c := range p.children {
+			if c.state == stIdle {
+				c.state = stQuitting
+				c.send <- Message{Kind: MsgQuit, PID: c.pid}
+				close(c.send)
+			}
+		}
+	}
+	return nil
+}
+
+func (p *pool) idleChild() *child {
+	var best *child
+	for _, c := range p.children {
+		if c.state == stIdle && (best == nil || c.pid < best.pid) {
+			best = c
+		}
+	}
+	return best
+}
+
+func (p *pool) count(s childState) int {
+	n := 0
+	for _, c := range p.children {
+		if c.state == s {
+			n++
+		}
+	}
+	return n
+}
+
+// live counts children that are or will be able to take work.
+func (p *pool) live() int {
+	n := 0
+	for _, c := range p.children {
+		if c.state != stQuitting {
+			n++
+		}
+	}
+	return n
+}
+
+func (p *pool) handle(ev event) error {
+	c := ev.c
+	if ev.err != nil {
+		return p.lost(c, ev.err)
+	}
+	m := ev.m
+	bad := func(format string, args ...any) error {
+		return &ProtocolError{PID: c.pid, Reason: fmt.Sprintf(format, args...)}
+	}
+	switch {
+	case m.Kind == MsgIdle && (c.state == stStarting || c.state == stReturning):
+		c.state = stIdle
+	case m.Kind == MsgDone && c.state == stBusy:
+		if m.Chunk != c.chunk.id {
+			return bad("done with chunk %d, was given %d", m.Chunk, c.chunk.id)
+		}
+		c.state = stDone
+		return p.flushNext()
+	case m.Kind == MsgData && c.state == stFlushing:
+		if m.Chunk != c.chunk.id {
+			return bad("sent chunk %d, was asked for %d", m.Chunk, c.chunk.id)
+		}
+		rec, err := checkBlock(m.Data, len(c.chunk.data))
+		if err != nil {
+			return bad("chunk %d: %v", m.Chunk, err)
+		}
+		if err := p.write(m.Data); err != nil {
+			return err
+		}
+		p.records = append(p.records, rec)
+		p.inBytes += int64(len(c.chunk.data))
+		p.next++
+		c.state, c.chunk = stReturning, nil
+		<-p.slots
+		if p.o.Progress != nil {
+			p.o.Progress(p.inBytes, p.outBytes)
+		}
+		return p.flushNext()
+	default:
+		return bad("message %q in state %d", m.Kind, c.state)
+	}
+	return nil
+}
+
+// flushNext asks the child holding the next chunk for it, if it is done.
+func (p *pool) flushNext() error {
+	for _, c := range p.children {
+		if c.state == stDone && c.chunk.id == p.next {
+			c.state = stFlushing
+			c.send <- Message{Kind: MsgFlush, PID: c.pid, Chunk: c.chunk.id}
+		}
+	}
+	return nil
+}
+
+// lost handles the end of a child's output: expected after quit, else a
+// death whose chunk goes back to the queue.
+func (p *pool) lost(c *child, readErr error) error {
+	delete(p.children, c.pid)
+	state := c.state
+	waitErr := p.reap(c)
+	var perr *ProtocolError
+	switch {
+	case state == stQuitting && readErr == io.EOF:
+		return nil
+	case errors.As(readErr, &perr):
+		return readErr
+	case state == stStarting:
+		return fmt.Errorf("mtcp: child %d exited before it was ready (does main call mtcp.Main first?): %v %s", c.pid, waitErr, c.stderr.String())
+	}
+	p.deaths++
+	p.o.Logf("mtcp: child %d died (%v; %v) %s", c.pid, readErr, waitErr, c.stderr.String())
+	if ch := c.chunk; ch != nil {
+		ch.tries++
+		if ch.tries >= maxTries {
+			return fmt.Errorf("mtcp: chunk %d lost %d children, giving up: last %v %s", ch.id, ch.tries, waitErr, c.stderr.String())
+		}
+		i, _ := slices.BinarySearchFunc(p.pending, ch.id, func(a *chunk, id uint64) int { return cmpU64(a.id, id) })
+		p.pending = slices.Insert(p.pending, i, ch)
+	}
+	if p.deaths > 4*p.target+4 {
+		return fmt.Errorf("mtcp: %d children died, giving up: last %v %s", p.deaths, waitErr, c.stderr.String())
+	}
+	return nil
+}
+
+func cmpU64(a, b uint64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// spawn starts a child; it announces itself with an idle message.
+func (p *pool) spawn(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	cmd, err := reexec.Command(childName, childArgs(p.o.Codec, p.o.Level, p.o.ChunkSize)...)
+	if err != nil {
+		return err
+	}
+	dieWithParent(cmd)
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		return err
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return err
+	}
+	tail := &tailBuffer{}
+	cmd.Stderr = tail
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("mtcp: starting child: %w", err)
+	}
+	c := &child{pid: uint32(cmd.Process.Pid), cmd: cmd, send: make(chan Message, 4), stderr: tail}
+	p.children[c.pid] = c
+	maxBlock := uint32(BlockBound(p.o.ChunkSize))
+	p.wg.Add(2)
+	go func() { // the child's output, one event per message
+		defer p.wg.Done()
+		r := bufio.NewReaderSize(stdout, 64<<10)
+		for {
+			m, err := ReadMessage(r, "IDC", maxBlock)
+			if err == nil && m.PID != c.pid {
+				err = &ProtocolError{PID: c.pid, Reason: fmt.Sprintf("message claims to come from process %d", m.PID)}
+			}
+			if err != nil {
+				p.events <- event{c: c, err: err}
+				return
+			}
+			p.events <- event{c: c, m: m}
+		}
+	}()
+	go func() { // the child's input; after a write error, drain
+		defer p.wg.Done()
+		w := bufio.NewWriterSize(stdin, 64<<10)
+		var werr error
+		for m := range c.send {
+			if werr == nil {
+				werr = writeMessage(w, m)
+			}
+			if werr == nil {
+				werr = w.Flush()
+			}
+		}
+		stdin.Close()
+	}()
+	return nil
+}
+
+// reap waits for a child whose output has ended.
+func (p *pool) reap(c *child) error {
+	if c.state != stQuitting {
+		c.cmd.Process.Kill()
+		close(c.send)
+		c.state = stQuitting
+	}
+	return c.cmd.Wait()
+}
+
+// stopAll ends every remaining child: politely after success (they are
+// all idle and got quit already), with SIGKILL after an error. Event
+// senders are drained so their goroutines end.
+func (p *pool) stopAll(kill bool) {
+	for _, c := range p.children {
+		if kill {
+			c.cmd.Process.Kill()
+		}
+		if c.state != stQuitting {
+			c.state = stQuitting
+			close(c.send)
+		}
+	}
+	for len(p.children) > 0 {
+		ev := <-p.events
+		if ev.err != nil {
+			delete(p.children, ev.c.pid)
+			ev.c.cmd.Wait()
+		}
+	}
+	p.wg.Wait()
+}
+
+// finish writes the Index and Stream Footer.
+func (p *pool) finish() error {
+	idx := appendIndex(nil, p.records)
+	return p.write(append(idx, streamFooter(checkCRC64, len(idx))...))
+}
+
+func (p *pool) write(b []byte) error {
+	n, err := p.out.Write(b)
+	p.outBytes += int64(n)
+	if err != nil {
+		return fmt.Errorf("mtcp: writing output: %w", err)
+	}
+	return nil
+}
+
+// checkBlock verifies that a child's Block is what the Index will claim:
+// a valid header with both sizes, the chunk's length, and nothing more
+// than header, data, padding and CRC64.
+func checkBlock(b []byte, chunkLen int) (indexRecord, error) {
+	h, err := parseBlockHeader(b)
+	if err != nil {
+		return indexRecord{}, err
+	}
+	if h.uncompressedSize != int64(chunkLen) || h.compressedSize < 0 {
+		return indexRecord{}, fmt.Errorf("block header sizes %d/%d, chunk has %d bytes", h.compressedSize, h.uncompressedSize, chunkLen)
+	}
+	unpadded := int64(h.size) + h.compressedSize + 8
+	if padded := (int64(h.size)+h.compressedSize+3)&^3 + 8; padded != int64(len(b)) {
+		return indexRecord{}, fmt.Errorf("block of %d bytes, header says %d", len(b), padded)
+	}
+	return indexRecord{unpadded: unpadded, uncompressed: int64(chunkLen)}, nil
+}
+
+// tailBuffer keeps the last KiB a child wrote to its standard error.
+type tailBuffer struct {
+	mu  sync.Mutex
+	buf []byte
+}
+
+func (t *tailBuffer) Write(b []byte) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.buf = append(t.buf, b...)
+	if len(t.buf) > 1024 {
+		t.buf = t.buf[len(t.buf)-1024:]
+	}
+	return len(b), nil
+}
+
+func (t *tailBuffer) String() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if len(t.buf) == 0 {
+		return ""
+	}
+	return fmt.Sprintf("(stderr: %q)", t.buf)
+}

@@ -1,0 +1,23 @@
+package blockdev
+
+import "errors"
+
+// ErrNotBlockDevice is returned when a path that must name a block device,
+// or lie on a filesystem backed by one, does not.
+var ErrNotBlockDevice = errors.New("blockdev: not a block device")
+
+// MountsOf returns every mount of the filesystem on device, a block device
+// path such as /dev/sda1 or /dev/loop0 (symlinks such as
+// /dev/disk/by-uuid/... are followed), from /proc/self/mountinfo. Mounts
+// are matched by device number (major:minor), not by the source string, so
+// a device mounted under another name, a loop device, and every bind mount
+// of it are all found. The result is empty when the device is not mounted.
+// A path that is not a block device gives an error wrapping
+// [ErrNotBlockDevice].
+func MountsOf(device string) ([]Mount, error) { return mountsOf(device) }
+
+// DeviceOf returns the block device (/dev/NAME) holding the filesystem
+// that path, any file or directory on it, belongs to, and the mount that
+// path is under. A path on a filesystem with no block device (tmpfs, proc,
+// NFS...) gives an error wrapping [ErrNotBlockDevice].
+func DeviceOf(path string) (device string, m Mount, err error) { return deviceOf(path) }

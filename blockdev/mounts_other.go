@@ -1,0 +1,9 @@
+//go:build !linux
+
+package blockdev
+
+import "errors"
+
+func mountsOf(device string) ([]Mount, error) { return nil, errors.ErrUnsupported }
+
+func deviceOf(path string) (string, Mount, error) { return "", Mount{}, errors.ErrUnsupported }

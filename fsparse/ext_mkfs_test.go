@@ -1,0 +1,196 @@
+package fsparse
+
+import (
+	"context"
+	"errors"
+	"os"
+	"os/exec"
+	"reflect"
+	"testing"
+
+	"github.com/blockimage/blockimage/internal/testenv"
+)
+
+const extMiB = 1 << 20
+
+// An extShape is one way to make an ext filesystem.
+type extShape struct {
+	name, fstype string
+	size         int64
+	args         []string
+	// partclone is false where partclone.extfs cannot map the shape
+	// (bigalloc: it fails with "bitmap error at 0 group").
+	partclone bool
+}
+
+var extShapes = []extShape{
+	{"ext2-1k-16M", "ext2", 16 * extMiB, []string{"-b", "1024"}, true},
+	{"ext3-2k-64M", "ext3", 64 * extMiB, []string{"-b", "2048"}, true},
+	{"ext4-4k-256M", "ext4", 256 * extMiB, nil, true},
+	{"ext4-1k-noflex-64M", "ext4", 64 * extMiB, []string{"-b", "1024", "-O", "^flex_bg"}, true},
+	{"ext4-metabg-128M", "ext4", 128 * extMiB, []string{"-b", "1024", "-O", "meta_bg,^resize_inode"}, true},
+	{"ext4-bigalloc-256M", "ext4", 256 * extMiB, []string{"-O", "bigalloc", "-C", "16384"}, false},
+	{"ext4-bigalloc-1k-64M", "ext4", 64 * extMiB, []string{"-b", "1024", "-O", "bigalloc", "-C", "16384"}, false},
+	{"ext4-64bit-nojournal-1G", "ext4", 1024 * extMiB, []string{"-O", "64bit,^has_journal"}, true},
+	{"ext4-32bit-desc-512M", "ext4", 512 * extMiB, []string{"-O", "^64bit", "-b", "2048"}, true},
+	{"ext4-sparse_super2-128M", "ext4", 128 * extMiB, []string{"-b", "1024", "-O", "sparse_super2", "-E", "num_backup_sb=1"}, true},
+	{"ext4-nosparse-short-last-group-37M", "ext4", 37*extMiB + 5*4096, []string{"-O", "^sparse_super,^resize_inode", "-g", "4096"}, true},
+	{"ext4-no-uninit-bg-64M", "ext4", 64 * extMiB, []string{"-O", "^metadata_csum,^uninit_bg", "-b", "4096"}, true},
+}
+
+// TestExtFreshImages maps freshly made filesystems in image files (no
+// root needed) and checks the used bytes against dumpe2fs and partclone,
+// and that the in-use extents alone make a filesystem e2fsck passes.
+func TestExtFreshImages(t *testing.T) {
+	testenv.Require(t, testenv.Commands("dumpe2fs", "e2fsck", "debugfs", "partclone.extfs"))
+	for _, sh := range extShapes {
+		t.Run(sh.name, func(t *testing.T) {
+			t.Parallel()
+			img := testenv.NewImage(t, sh.size)
+			testenv.MkfsImage(t, img, sh.fstype, sh.args...)
+			checkExtImage(t, img, sh)
+		})
+	}
+}
+
+// checkExtImage runs every oracle on an unmounted filesystem at path and
+// returns the map.
+func checkExtImage(t *testing.T, path string, sh extShape) (Info, []Extent) {
+	t.Helper()
+	info, es := extMapImage(t, path)
+	if info.Filesystem != sh.fstype {
+		t.Errorf("Filesystem = %q, want %q", info.Filesystem, sh.fstype)
+	}
+	want := extDumpe2fsUsed(t, path)
+	if info.UsedBytes != want {
+		t.Errorf("UsedBytes = %d, dumpe2fs says %d (diff %d)", info.UsedBytes, want, info.UsedBytes-want)
+	}
+	if info.UsedBytes+info.FreeBytes != info.TotalBytes {
+		t.Errorf("used %d + free %d != total %d", info.UsedBytes, info.FreeBytes, info.TotalBytes)
+	}
+	pc := int64(-1)
+	if sh.partclone {
+		if pc = extPartcloneUsed(t, path); pc != info.UsedBytes {
+			t.Errorf("UsedBytes = %d, partclone says %d (diff %d)", info.UsedBytes, pc, info.UsedBytes-pc)
+		}
+	}
+	t.Logf("%s: used %d bytes in %d extents, dumpe2fs %d, partclone %d (-1: cannot map), metadata read %d bytes",
+		info.Filesystem, info.UsedBytes, len(es), want, pc, info.MetadataBytesRead)
+	if s := extSuperOf(t, path); s.compat&extCompatHasJournal != 0 {
+		for _, b := range extJournalBlocks(t, path) {
+			if !extCovered(es, b*s.blockSize, s.blockSize) {
+				t.Fatalf("journal block %d is not in the map", b)
+			}
+		}
+	}
+	if info.MetadataBytesRead <= 0 || info.MetadataBytesRead > info.TotalBytes/16 {
+		t.Errorf("MetadataBytesRead = %d for a %d-byte filesystem", info.MetadataBytesRead, info.TotalBytes)
+	}
+	extE2fsckClean(t, extCopyExtents(t, path, es))
+	return info, es
+}
+
+// extSuperOf reads the superblock at path.
+func extSuperOf(t *testing.T, path string) *extSuper {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	s, err := readExtSuper(f, extDeviceSize(t, f))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// TestExtFilled fills mounted filesystems with real files, deletes some,
+// unmounts, and checks the map against dumpe2fs and partclone; then
+// copies only the in-use extents to a zeroed image and checks it with
+// e2fsck and by comparing every file.
+func TestExtFilled(t *testing.T) {
+	testenv.Require(t, testenv.LoopDevices, testenv.Commands("dumpe2fs", "e2fsck", "debugfs", "partclone.extfs"))
+	for i, sh := range extShapes {
+		t.Run(sh.name, func(t *testing.T) {
+			t.Parallel()
+			d := testenv.NewFilesystem(t, sh.fstype, sh.size, sh.args...)
+			files := int(min(sh.size/(2*extMiB), 60))
+			paths := testenv.FillFiles(t, d.MountPoint, testenv.FillOptions{Seed: uint64(i), Files: files, MaxSize: extMiB})
+			for j, p := range paths {
+				if j%3 == 0 {
+					if err := os.Remove(p); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			want := testenv.TreeDigest(t, d.MountPoint)
+			extUnmount(t, d)
+			_, es := checkExtImage(t, d.Path, sh)
+
+			c := testenv.AttachLoop(t, extCopyExtents(t, d.Path, es))
+			c.FSType = sh.fstype
+			mp := c.Mount(t, "ro")
+			if got := testenv.TreeDigest(t, mp); !reflect.DeepEqual(got, want) {
+				t.Fatalf("the copy of the in-use extents holds %d files differing from the source's %d", len(got), len(want))
+			}
+		})
+	}
+}
+
+// TestExtNeedsRecovery copies a mounted ext4 (its journal not checkpointed,
+// needs_recovery set, as after a crash): InUse must refuse it with
+// ErrNeedsRecovery rather than trust stale bitmaps. After e2fsck replays
+// the journal, the map agrees with dumpe2fs.
+func TestExtNeedsRecovery(t *testing.T) {
+	testenv.Require(t, testenv.LoopDevices, testenv.Commands("dumpe2fs", "e2fsck", "cp"))
+	d := testenv.NewFilesystem(t, "ext4", 64*extMiB)
+	testenv.FillFiles(t, d.MountPoint, testenv.FillOptions{Seed: 7, Files: 20})
+	crashed := testenv.NewImage(t, 64*extMiB)
+	if out, err := exec.Command("cp", d.Image, crashed).CombinedOutput(); err != nil {
+		t.Fatalf("cp: %v: %s", err, out)
+	}
+	f, err := os.Open(crashed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	info, _, err := InUse(context.Background(), f, 64*extMiB)
+	if !errors.Is(err, ErrNeedsRecovery) {
+		t.Fatalf("InUse on a filesystem needing recovery: err = %v, want ErrNeedsRecovery", err)
+	}
+	if info.Filesystem != "ext4" || len(info.Notes) == 0 {
+		t.Errorf("Info with ErrNeedsRecovery = %+v, want the superblock's facts and a note", info)
+	}
+	// e2fsck -fy replays the journal; exit status 1 means "fixed".
+	if out, err := exec.Command("e2fsck", "-fy", crashed).CombinedOutput(); err != nil {
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() > 1 {
+			t.Fatalf("e2fsck -fy: %v\n%s", err, out)
+		}
+	}
+	got, _ := extMapImage(t, crashed)
+	if want := extDumpe2fsUsed(t, crashed); got.UsedBytes != want {
+		t.Errorf("after recovery UsedBytes = %d, dumpe2fs says %d", got.UsedBytes, want)
+	}
+}
+
+// TestExtFrozen maps a mounted ext4 while it is frozen, the way a backup
+// does: FIFREEZE checkpoints the journal and clears needs_recovery, so the
+// map is exact and equals the accounting after unmount.
+func TestExtFrozen(t *testing.T) {
+	testenv.Require(t, testenv.LoopDevices, testenv.Commands("dumpe2fs", "fsfreeze"))
+	d := testenv.NewFilesystem(t, "ext4", 128*extMiB)
+	testenv.FillFiles(t, d.MountPoint, testenv.FillOptions{Seed: 9, Files: 30})
+	if out, err := exec.Command("fsfreeze", "--freeze", d.MountPoint).CombinedOutput(); err != nil {
+		t.Fatalf("fsfreeze --freeze: %v: %s", err, out)
+	}
+	info, _ := extMapImage(t, d.Path)
+	if out, err := exec.Command("fsfreeze", "--unfreeze", d.MountPoint).CombinedOutput(); err != nil {
+		t.Fatalf("fsfreeze --unfreeze: %v: %s", err, out)
+	}
+	extUnmount(t, d)
+	if want := extDumpe2fsUsed(t, d.Path); info.UsedBytes != want {
+		t.Errorf("frozen UsedBytes = %d, dumpe2fs after unmount says %d", info.UsedBytes, want)
+	}
+}

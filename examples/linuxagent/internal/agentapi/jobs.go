@@ -64,8 +64,13 @@ type Result struct {
 	// Consistent is true when the image was completed inside a freeze
 	// (or the device was not mounted).
 	Consistent bool `json:"consistent"`
-	// FreezeWindow is how long the filesystem stayed frozen.
+	// Frozen is true when a mounted filesystem was frozen for the last
+	// pass; FreezeWindow is how long it stayed frozen.
+	Frozen       bool          `json:"frozen"`
 	FreezeWindow time.Duration `json:"freeze_window_ns"`
+	// MapFreezeWindow is how long the filesystem stayed frozen while its
+	// allocation maps were read, before the copy.
+	MapFreezeWindow time.Duration `json:"map_freeze_window_ns,omitempty"`
 	// Passes is how many copy passes ran; Converged is false when the
 	// writes did not converge and the agent froze anyway.
 	Passes    int  `json:"passes"`
@@ -74,6 +79,11 @@ type Result struct {
 	BytesSent int64 `json:"bytes_sent"`
 	// BytesInUse is what the filesystem uses.
 	BytesInUse int64 `json:"bytes_in_use"`
+	// Filesystem is the type found on the device, "" when unknown.
+	Filesystem string `json:"filesystem,omitempty"`
+	// Notes are what the user should know about this backup: a fallback
+	// to all blocks, a missing tracer, writes that did not converge.
+	Notes []string `json:"notes,omitempty"`
 }
 
 // State is a job's lifecycle state.

@@ -1,0 +1,46 @@
+package agent
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"golang.org/x/sys/unix"
+)
+
+// checkTargetOutside refuses a local target image that lives on the
+// filesystem being backed up: the freeze would block the agent's own
+// writes to it, and the image would contain itself.
+func checkTargetOutside(target, device string) error {
+	var dst unix.Stat_t
+	if err := unix.Stat(device, &dst); err != nil {
+		return fmt.Errorf("linuxagent: %s: %w", device, err)
+	}
+	dir := filepath.Dir(target)
+	if abs, err := filepath.Abs(target); err == nil {
+		dir = filepath.Dir(abs)
+	}
+	var tst unix.Stat_t
+	if err := unix.Stat(dir, &tst); err != nil {
+		return fmt.Errorf("linuxagent: target directory: %w", err)
+	}
+	if dst.Mode&unix.S_IFMT == unix.S_IFBLK && tst.Dev == dst.Rdev {
+		return fmt.Errorf("linuxagent: target %s is on %s itself; put it on another filesystem", target, device)
+	}
+	if same, _ := sameFile(target, device); same {
+		return fmt.Errorf("linuxagent: target and source are the same file")
+	}
+	return nil
+}
+
+func sameFile(a, b string) (bool, error) {
+	sa, err := os.Stat(a)
+	if err != nil {
+		return false, err
+	}
+	sb, err := os.Stat(b)
+	if err != nil {
+		return false, err
+	}
+	return os.SameFile(sa, sb), nil
+}

@@ -1,0 +1,100 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestEveryCommandHasHelp(t *testing.T) {
+	for _, c := range commands {
+		if c.name == "inspect" && inspectRun == nil {
+			continue
+		}
+		var out, errb bytes.Buffer
+		if code := run(context.Background(), []string{c.name, "--help"}, &out, &errb); code != 0 {
+			t.Errorf("%s --help: exit %d: %s", c.name, code, errb.String())
+		}
+		if !strings.Contains(out.String()+errb.String(), "Usage: linuxagent "+c.name) {
+			t.Errorf("%s --help printed no usage: %q", c.name, out.String()+errb.String())
+		}
+	}
+}
+
+func TestUsageErrors(t *testing.T) {
+	for _, args := range [][]string{
+		nil,
+		{"nosuch"},
+		{"backup", "/dev/null"},
+		{"backup", "--to", "x"},
+		{"backup", "a", "--to", "x", "--mode", "weekly"},
+		{"backup", "a", "--to", "x", "--rate-limit", "fast"},
+		{"restore", "x"},
+	} {
+		var out, errb bytes.Buffer
+		if code := run(context.Background(), args, &out, &errb); code != 2 {
+			t.Errorf("%q: exit %d, want 2 (usage); stderr %s", args, code, errb.String())
+		}
+	}
+}
+
+// An image file needs neither root, nor a tracer, nor a freeze: the
+// round trip backup, diff, restore works anywhere.
+func TestImageFileRoundTrip(t *testing.T) {
+	dir := t.TempDir()
+	src := filepath.Join(dir, "src.img")
+	data := make([]byte, 8<<20)
+	for i := range data {
+		if (i/65536)%3 == 0 {
+			data[i] = byte(i * 7)
+		}
+	}
+	if err := os.WriteFile(src, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	dst := filepath.Join(dir, "backup.img")
+	var out, errb bytes.Buffer
+	if code := run(context.Background(), []string{"backup", src, "--to", dst, "--local"}, &out, &errb); code != 0 {
+		t.Fatalf("backup: exit %d: %s", code, errb.String())
+	}
+	// A diff of an unchanged source sends nothing.
+	out.Reset()
+	if code := run(context.Background(), []string{"backup", src, "--to", dst, "--mode", "diff", "--json", "--local"}, &out, &errb); code != 0 {
+		t.Fatalf("diff: exit %d: %s", code, errb.String())
+	}
+	if !strings.Contains(out.String(), `"bytes_sent": 0,`) {
+		t.Fatalf("diff of an unchanged image sent data: %s", out.String())
+	}
+	restored := filepath.Join(dir, "restored.img")
+	if code := run(context.Background(), []string{"restore", "--from", dst, restored, "--quiet"}, &out, &errb); code != 0 {
+		t.Fatalf("restore: exit %d: %s", code, errb.String())
+	}
+	got, err := os.ReadFile(restored)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, data) {
+		t.Fatal("restored image differs from the source")
+	}
+	// Restoring over an existing file needs --force.
+	if code := run(context.Background(), []string{"restore", "--from", dst, restored}, &out, &errb); code != 1 {
+		t.Fatalf("restore over an existing file: exit %d, want 1", code)
+	}
+}
+
+func TestParseRate(t *testing.T) {
+	for in, want := range map[string]int64{"0": 0, "1048576": 1 << 20, "50M": 50 << 20, "1.5G/s": 3 << 29, "200KiB": 200 << 10, "2MB/s": 2 << 20} {
+		got, err := parseRate(in)
+		if err != nil || got != want {
+			t.Errorf("parseRate(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "fast", "-1", "1e30G"} {
+		if _, err := parseRate(in); err == nil {
+			t.Errorf("parseRate(%q) accepted", in)
+		}
+	}
+}

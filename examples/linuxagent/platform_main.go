@@ -1,7 +1,7 @@
 package main
 
-import "github.com/blockimage/blockimage/internal/reexec"
+import "github.com/blockimage/blockimage/blockdev"
 
-// platformMain runs a child process of the library (the freeze watchdog)
+// platformMain runs the library's child processes (the freeze watchdog)
 // when this process is one, and returns otherwise.
-func platformMain() { reexec.Init() }
+func platformMain() { blockdev.Main() }

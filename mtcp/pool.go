@@ -171,8 +171,15 @@ func (p *pool) live() int {
 	return n
 }
 
+// testHook, when set by a test, sees every message the control process
+// receives, before it is handled.
+var testHook func(pid uint32, m Message)
+
 func (p *pool) handle(ev event) error {
 	c := ev.c
+	if testHook != nil && ev.err == nil {
+		testHook(c.pid, ev.m)
+	}
 	if ev.err != nil {
 		return p.lost(c, ev.err)
 	}

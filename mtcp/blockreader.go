@@ -167,4 +167,3 @@ func lzmaError(err error) error {
 	}
 	return fmt.Errorf("%w: LZMA2: %v", ErrFormat, err)
 }
-

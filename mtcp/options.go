@@ -96,8 +96,14 @@ func (o Options) withDefaults() (Options, error) {
 	if o.Codec == "" {
 		o.Codec = "go"
 	}
-	if _, ok := lookupCodec(o.Codec); !ok {
+	fn, ok := lookupCodec(o.Codec)
+	if !ok {
 		return o, fmt.Errorf("%w %q (registered: %v)", ErrUnknownCodec, o.Codec, codecNames())
+	}
+	// Creating an encoder is cheap (memory is taken per chunk); doing it
+	// here reports an unusable codec before any child starts.
+	if _, err := fn(o.Level); err != nil {
+		return o, err
 	}
 	if o.Children < 0 {
 		return o, fmt.Errorf("mtcp: negative child count %d", o.Children)

@@ -1,0 +1,332 @@
+package blockdev
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"runtime"
+	"runtime/debug"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// errOverrun is the cause of the critical section's context when the
+// deadline passed.
+var errOverrun = fmt.Errorf("%w: the freeze deadline passed", ErrNotConsistent)
+
+func (s *Sequencer) run(ctx context.Context, critical func(context.Context) error, rep Report) (Report, error) {
+	major, minor, err := blockDevNumber(s.Device)
+	if err != nil {
+		return rep, err
+	}
+	mounts, err := readMounts(func(m *Mount) bool { return m.Major == major && m.Minor == minor })
+	if err != nil {
+		return rep, err
+	}
+	dev, err := os.OpenFile(s.Device, os.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return rep, err
+	}
+	defer dev.Close()
+	if len(mounts) == 0 {
+		return s.runUnmounted(ctx, dev, major, minor, critical, rep)
+	}
+	m := pickMount(mounts)
+	if !s.AllowSelf {
+		if err := refuseSelf(major, minor, mounts); err != nil {
+			return rep, err
+		}
+	}
+	dir, err := openMountPoint(m.MountPoint, major, minor)
+	if err != nil {
+		return rep, err
+	}
+	defer dir.Close()
+	rep.MountPoint, rep.FSType = m.MountPoint, m.FSType
+
+	t := time.Now()
+	if err := syncfs(dir); err != nil {
+		return rep, err
+	}
+	rep.Syncfs = time.Since(t)
+
+	wd, err := startWatchdog(ctx, m.MountPoint, major, minor, s.deadline()+s.grace())
+	if err != nil {
+		return rep, fmt.Errorf("%w: %v (nothing was frozen)", ErrWatchdog, err)
+	}
+	defer wd.release()
+	return s.runFrozen(ctx, dir, dev, wd, critical, rep)
+}
+
+// pickMount chooses the mount to freeze through. Every mount of a device
+// shares its superblock, so one freeze covers all; a mount of the
+// filesystem's root reads best in reports.
+func pickMount(mounts []Mount) Mount {
+	for _, m := range mounts {
+		if m.Root == "/" {
+			return m
+		}
+	}
+	return mounts[0]
+}
+
+// refuseSelf returns an error wrapping ErrRefused when the filesystem on
+// major:minor is mounted at / or holds the running binary.
+func refuseSelf(major, minor uint32, mounts []Mount) error {
+	for _, m := range mounts {
+		if m.MountPoint == "/" {
+			return fmt.Errorf("%w: the filesystem is mounted at / (set AllowSelf to override)", ErrRefused)
+		}
+	}
+	same := func(path string) (bool, error) {
+		var st unix.Stat_t
+		if err := unix.Stat(path, &st); err != nil {
+			return false, err
+		}
+		return unix.Major(st.Dev) == major && unix.Minor(st.Dev) == minor, nil
+	}
+	if yes, err := same("/"); err != nil || yes {
+		return fmt.Errorf("%w: the filesystem holds / (set AllowSelf to override)", ErrRefused)
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("%w: cannot tell whether the filesystem holds the running binary: %v", ErrRefused, err)
+	}
+	if yes, err := same(exe); err != nil || yes {
+		return fmt.Errorf("%w: the filesystem holds the running binary %s (set AllowSelf to override)", ErrRefused, exe)
+	}
+	return nil
+}
+
+// openMountPoint opens the mount point and checks that it is still the
+// filesystem on major:minor (it could have been unmounted and replaced
+// since mountinfo was read).
+func openMountPoint(mp string, major, minor uint32) (*os.File, error) {
+	fd, err := unix.Open(mp, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, &os.PathError{Op: "open", Path: mp, Err: err}
+	}
+	f := os.NewFile(uintptr(fd), mp)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		f.Close()
+		return nil, &os.PathError{Op: "fstat", Path: mp, Err: err}
+	}
+	if unix.Major(st.Dev) != major || unix.Minor(st.Dev) != minor {
+		f.Close()
+		return nil, fmt.Errorf("blockdev: %s is no longer the filesystem on %d:%d (it is on %d:%d)", mp, major, minor, unix.Major(st.Dev), unix.Minor(st.Dev))
+	}
+	return f, nil
+}
+
+// runUnmounted is the sequence without a filesystem to freeze.
+func (s *Sequencer) runUnmounted(ctx context.Context, dev *os.File, major, minor uint32, critical func(context.Context) error, rep Report) (Report, error) {
+	t := time.Now()
+	if err := flushBuffers(dev); err != nil {
+		return rep, err
+	}
+	rep.FlushBuffers = time.Since(t)
+	if s.FlushTracer != nil {
+		t = time.Now()
+		if err := s.FlushTracer(ctx); err != nil {
+			return rep, fmt.Errorf("blockdev: flushing the change tracer: %w", err)
+		}
+		rep.FlushTracer = time.Since(t)
+	}
+	t = time.Now()
+	err := critical(ctx)
+	rep.Critical = time.Since(t)
+	if err != nil {
+		return rep, err
+	}
+	// Nothing stopped a mount meanwhile; if one happened, writes may
+	// have gone around the flushes.
+	if mounts, merr := readMounts(func(m *Mount) bool { return m.Major == major && m.Minor == minor }); merr == nil && len(mounts) > 0 {
+		return rep, fmt.Errorf("%w: %s was mounted on %s during the sequence", ErrNotConsistent, s.Device, mounts[0].MountPoint)
+	}
+	s.logf("blockdev: %s is not mounted: flushed buffers and ran the critical section in %v", s.Device, rep.FlushBuffers+rep.FlushTracer+rep.Critical)
+	return rep, nil
+}
+
+// workResult is what the frozen steps after FIFREEZE report.
+type workResult struct {
+	err                    error
+	flush, tracer, critics time.Duration
+	panicked               bool
+	panicValue             any
+	stack                  []byte
+}
+
+// work runs BLKFLSBUF, the tracer flush and the critical section on its
+// own goroutine, so that Run can thaw while they still run.
+func (s *Sequencer) work(ctx context.Context, dev *os.File, critical func(context.Context) error, done chan<- workResult) {
+	var r workResult
+	returned := false
+	defer func() {
+		if !returned {
+			if p := recover(); p != nil {
+				r.panicked, r.panicValue, r.stack = true, p, debug.Stack()
+			} else {
+				r.err = errors.New("blockdev: the critical section called runtime.Goexit")
+			}
+		}
+		done <- r
+	}()
+	t := time.Now()
+	if err := flushBuffers(dev); err != nil {
+		r.err, returned = err, true
+		return
+	}
+	r.flush = time.Since(t)
+	if s.FlushTracer != nil {
+		t = time.Now()
+		err := s.FlushTracer(ctx)
+		r.tracer = time.Since(t)
+		if err != nil {
+			r.err, returned = fmt.Errorf("blockdev: flushing the change tracer: %w", err), true
+			return
+		}
+	}
+	t = time.Now()
+	err := critical(ctx)
+	r.critics = time.Since(t)
+	r.err, returned = err, true
+}
+
+func (s *Sequencer) runFrozen(ctx context.Context, dir, dev *os.File, wd *watchdog, critical func(context.Context) error, rep Report) (Report, error) {
+	sigc := make(chan os.Signal, 1)
+	signal.Notify(sigc, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(sigc)
+
+	if err := wd.arm(); err != nil {
+		return rep, fmt.Errorf("%w: %v (nothing was frozen)", ErrWatchdog, err)
+	}
+	start := time.Now()
+	if err := freeze(dir); err != nil {
+		wd.disarm()
+		return rep, err
+	}
+	frozenAt := time.Now()
+	rep.Frozen, rep.Freeze = true, frozenAt.Sub(start)
+
+	// From here on the filesystem must be thawed whatever happens; the
+	// deferred thaw covers a panic in this function itself.
+	thawed := false
+	var thawErr error
+	thawNow := func() {
+		if thawed {
+			return
+		}
+		thawed = true
+		t := time.Now()
+		thawErr = thawRetry(dir)
+		rep.Thaw = time.Since(t)
+		rep.FrozenFor = time.Since(start)
+	}
+	defer thawNow()
+
+	if err := wd.frozen(); err != nil {
+		thawNow()
+		wd.finish(thawErr == nil)
+		return rep, fmt.Errorf("%w: %v (thawed at once)", ErrWatchdog, err)
+	}
+
+	deadline := s.deadline()
+	dctx, dcancel := context.WithDeadlineCause(ctx, frozenAt.Add(deadline), errOverrun)
+	defer dcancel()
+	cctx, cancel := context.WithCancelCause(dctx)
+	defer cancel(nil)
+	done := make(chan workResult, 1)
+	go s.work(cctx, dev, critical, done)
+
+	timer := time.NewTimer(time.Until(frozenAt.Add(deadline)))
+	defer timer.Stop()
+	var res workResult
+	var cutErr error
+	select {
+	case res = <-done:
+	case <-timer.C:
+		cutErr = fmt.Errorf("%w: the critical section overran the %v deadline; thawed after %v", ErrNotConsistent, deadline, time.Since(start).Round(time.Microsecond))
+	case <-ctx.Done():
+		cutErr = fmt.Errorf("%w: %w", ErrNotConsistent, context.Cause(ctx))
+	case sig := <-sigc:
+		rep.Signal = sig
+		cutErr = fmt.Errorf("%w (%v): %w", ErrInterrupted, sig, ErrNotConsistent)
+	}
+	thawNow()
+	if cutErr != nil {
+		rep.Cut = true
+		cancel(cutErr)
+		res = <-done
+	}
+	wdErr := wd.finish(thawErr == nil)
+	signal.Stop(sigc)
+	rep.FlushBuffers, rep.FlushTracer, rep.Critical = res.flush, res.tracer, res.critics
+
+	if res.panicked {
+		s.logf("blockdev: critical section panicked while %s was frozen; thawed after %v (%v); re-panicking: %v\n%s", rep.MountPoint, rep.FrozenFor, thawErr, res.panicValue, res.stack)
+		panic(res.panicValue)
+	}
+	var errs []error
+	if cutErr != nil {
+		errs = append(errs, cutErr)
+	}
+	if thawErr != nil {
+		if errors.Is(thawErr, unix.EINVAL) {
+			// Someone thawed it before us: the freeze did not cover the
+			// whole critical section.
+			thawErr = fmt.Errorf("%w: %s was thawed by someone else while frozen (%v)", ErrNotConsistent, rep.MountPoint, wdErr)
+		} else if wdErr == nil {
+			thawErr = fmt.Errorf("%w; the watchdog thawed it", thawErr)
+		} else {
+			thawErr = fmt.Errorf("%w; the watchdog could not thaw it either: %v", thawErr, wdErr)
+		}
+		if cutErr == nil {
+			errs = append(errs, thawErr)
+		}
+	}
+	if res.err != nil && (cutErr == nil || !errors.Is(res.err, context.Canceled) && !errors.Is(res.err, context.DeadlineExceeded)) {
+		errs = append(errs, res.err)
+	}
+	err := errors.Join(errs...)
+	if len(errs) == 1 {
+		err = errs[0]
+	}
+	s.logf("blockdev: %s (%s on %s) frozen for %v: freeze %v, flush %v, tracer %v, critical %v, thaw %v; err=%v",
+		rep.MountPoint, rep.FSType, s.Device, rep.FrozenFor, rep.Freeze, rep.FlushBuffers, rep.FlushTracer, rep.Critical, rep.Thaw, err)
+	if rep.Signal != nil && !s.SignalsHandled {
+		reraise(rep.Signal)
+	}
+	return rep, err
+}
+
+// thawRetry thaws, retrying a few times on errors other than EINVAL (not
+// frozen), which is final.
+func thawRetry(dir *os.File) error {
+	var err error
+	for i := 0; i < 3; i++ {
+		if err = thaw(dir); err == nil || errors.Is(err, unix.EINVAL) {
+			return err
+		}
+		time.Sleep(time.Duration(i+1) * time.Millisecond)
+	}
+	return err
+}
+
+// reraise delivers sig again now that nothing of ours listens for it, so
+// that the program's own reaction (by default, termination) happens. It is
+// sent to the calling thread, which takes it before tgkill returns: a
+// program that dies of it does so here, before Run returns.
+func reraise(sig os.Signal) {
+	s, ok := sig.(syscall.Signal)
+	if !ok {
+		return
+	}
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	_ = unix.Tgkill(unix.Getpid(), unix.Gettid(), s)
+}

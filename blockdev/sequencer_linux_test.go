@@ -1,0 +1,283 @@
+package blockdev
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/blockimage/blockimage/internal/reexec"
+	"github.com/blockimage/blockimage/internal/testenv"
+)
+
+// TestSequencerOrderAndWriterBlocked is the main acceptance test, on ext4
+// and XFS: data written before Run is on the device by the time the tracer
+// is flushed (FIFREEZE wrote the filesystem buffers, BLKFLSBUF the
+// device's), the steps run in order, a writer started inside the critical
+// section stays blocked while the critical section works and completes
+// after the thaw, and the report says how long the freeze lasted.
+func TestSequencerOrderAndWriterBlocked(t *testing.T) {
+	for _, fstype := range filesystems {
+		t.Run(fstype, func(t *testing.T) {
+			d := newTestFilesystem(t, fstype)
+			marker := make([]byte, 4096)
+			rand.Read(marker)
+			if err := os.WriteFile(filepath.Join(d.MountPoint, "before"), marker, 0o644); err != nil {
+				t.Fatal(err) // dirty in the page cache, not synced
+			}
+			var steps []string
+			var w *writer
+			s := &Sequencer{
+				Device: d.Path,
+				FlushTracer: func(ctx context.Context) error {
+					steps = append(steps, "tracer")
+					found, err := imageContains(d.Image, marker)
+					if err != nil {
+						return err
+					}
+					if !found {
+						t.Error("data written before Run is not in the image when the tracer is flushed")
+					}
+					return nil
+				},
+			}
+			rep, err := s.Run(context.Background(), func(ctx context.Context) error {
+				steps = append(steps, "critical")
+				if !frozen(t, d.MountPoint) {
+					t.Error("not frozen in the critical section")
+				}
+				w = startWriter(t, d.MountPoint, "during")
+				// Real work while the writer tries to write; whatever the
+				// timing, a frozen filesystem cannot let it finish.
+				if err := readAll(ctx, d.Path); err != nil {
+					return err
+				}
+				if w.completed() {
+					t.Error("a writer completed while the filesystem was frozen")
+				}
+				return nil
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			w.wait(t) // proceeds after the thaw
+			if strings.Join(steps, ",") != "tracer,critical" {
+				t.Errorf("steps %q", steps)
+			}
+			if !rep.Frozen || rep.MountPoint != d.MountPoint || rep.FSType != fstype || rep.Cut {
+				t.Errorf("report %+v", rep)
+			}
+			if rep.FrozenFor < rep.Freeze+rep.FlushBuffers+rep.FlushTracer+rep.Critical+rep.Thaw || rep.Critical <= 0 {
+				t.Errorf("frozen for %v, less than its steps: %+v", rep.FrozenFor, rep)
+			}
+			t.Logf("frozen for %v (freeze %v, BLKFLSBUF %v, tracer %v, critical %v, thaw %v)",
+				rep.FrozenFor, rep.Freeze, rep.FlushBuffers, rep.FlushTracer, rep.Critical, rep.Thaw)
+		})
+	}
+}
+
+// TestSequencerDeadlineCutsAndThaws: a critical section that ignores its
+// context and waits for a writer, which can only finish if the filesystem
+// is thawed under it, is cut at the deadline.
+func TestSequencerDeadlineCutsAndThaws(t *testing.T) {
+	for _, fstype := range filesystems {
+		t.Run(fstype, func(t *testing.T) {
+			d := newTestFilesystem(t, fstype)
+			s := &Sequencer{Device: d.Path, Deadline: 300 * time.Millisecond}
+			var sawCancel error
+			rep, err := s.Run(context.Background(), func(ctx context.Context) error {
+				w := startWriter(t, d.MountPoint, "during")
+				w.wait(t) // only the deadline's thaw lets this return
+				<-ctx.Done()
+				sawCancel = context.Cause(ctx)
+				return nil
+			})
+			if !errors.Is(err, ErrNotConsistent) {
+				t.Fatalf("Run = %v, want ErrNotConsistent", err)
+			}
+			if !errors.Is(sawCancel, ErrNotConsistent) {
+				t.Errorf("critical section's context cause %v", sawCancel)
+			}
+			if !rep.Cut || !rep.Frozen || rep.FrozenFor < s.Deadline {
+				t.Errorf("report %+v", rep)
+			}
+			if frozen(t, d.MountPoint) {
+				t.Error("still frozen")
+			}
+			t.Logf("%v; frozen for %v", err, rep.FrozenFor)
+		})
+	}
+}
+
+// TestSequencerPanicThaws: a panic in the critical section thaws, then
+// reaches the caller with its value.
+func TestSequencerPanicThaws(t *testing.T) {
+	for _, fstype := range filesystems {
+		t.Run(fstype, func(t *testing.T) {
+			d := newTestFilesystem(t, fstype)
+			s := &Sequencer{Device: d.Path}
+			func() {
+				defer func() {
+					if p := recover(); p != "boom" {
+						t.Errorf("recovered %v, want boom", p)
+					}
+				}()
+				s.Run(context.Background(), func(ctx context.Context) error {
+					if !frozen(t, d.MountPoint) {
+						t.Error("not frozen")
+					}
+					panic("boom")
+				})
+				t.Error("Run returned after a panic")
+			}()
+			if frozen(t, d.MountPoint) {
+				t.Fatal("still frozen after a panic")
+			}
+			w := startWriter(t, d.MountPoint, "after")
+			w.wait(t)
+		})
+	}
+}
+
+// TestSequencerErrorsAndCancellation: an error from the critical section
+// or the tracer is returned after the thaw; cancelling ctx inside the
+// critical section cuts it.
+func TestSequencerErrorsAndCancellation(t *testing.T) {
+	d := newTestFilesystem(t, "ext4")
+	errMine := errors.New("mine")
+
+	_, err := (&Sequencer{Device: d.Path}).Run(context.Background(), func(context.Context) error { return errMine })
+	if !errors.Is(err, errMine) || errors.Is(err, ErrNotConsistent) || frozen(t, d.MountPoint) {
+		t.Errorf("critical error: %v", err)
+	}
+
+	called := false
+	_, err = (&Sequencer{Device: d.Path, FlushTracer: func(context.Context) error { return errMine }}).Run(context.Background(),
+		func(context.Context) error { called = true; return nil })
+	if !errors.Is(err, errMine) || called || frozen(t, d.MountPoint) {
+		t.Errorf("tracer error: %v, critical called %v", err, called)
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	rep, err := (&Sequencer{Device: d.Path}).Run(ctx, func(cctx context.Context) error {
+		cancel()
+		<-cctx.Done()
+		return cctx.Err()
+	})
+	if !errors.Is(err, ErrNotConsistent) || !errors.Is(err, context.Canceled) || !rep.Cut || frozen(t, d.MountPoint) {
+		t.Errorf("cancelled: %v, %+v", err, rep)
+	}
+
+	_, err = (&Sequencer{Device: d.Path}).Run(context.Background(), func(context.Context) error {
+		runtime.Goexit()
+		return nil
+	})
+	if err == nil || frozen(t, d.MountPoint) {
+		t.Errorf("Goexit: %v", err)
+	}
+}
+
+// TestSequencerBindMountsFrozenOnce: a filesystem mounted twice is frozen
+// once (a second FIFREEZE would fail with EBUSY).
+func TestSequencerBindMountsFrozenOnce(t *testing.T) {
+	d := newTestFilesystem(t, "ext4")
+	bind := testenv.TempDir(t)
+	if out, err := exec.Command("mount", "--bind", d.MountPoint, bind).CombinedOutput(); err != nil {
+		t.Fatalf("mount --bind: %v: %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", bind).Run() })
+	rep, err := (&Sequencer{Device: d.Path}).Run(context.Background(), func(context.Context) error {
+		if !frozen(t, bind) {
+			t.Error("bind mount not frozen")
+		}
+		return nil
+	})
+	if err != nil || !rep.Frozen || rep.MountPoint != d.MountPoint {
+		t.Fatalf("%v, %+v", err, rep)
+	}
+}
+
+// TestSequencerUnmountedFlushesOnly: no filesystem, no freeze; the flushes
+// and the critical section still run.
+func TestSequencerUnmountedFlushesOnly(t *testing.T) {
+	testenv.Require(t, testenv.Root, testenv.LoopDevices)
+	loop := testenv.NewLoopDevice(t, 16<<20)
+	var steps []string
+	rep, err := (&Sequencer{Device: loop.Path, FlushTracer: func(context.Context) error {
+		steps = append(steps, "tracer")
+		return nil
+	}}).Run(context.Background(), func(context.Context) error {
+		steps = append(steps, "critical")
+		return nil
+	})
+	if err != nil || rep.Frozen || rep.MountPoint != "" || rep.FrozenFor != 0 || strings.Join(steps, ",") != "tracer,critical" {
+		t.Fatalf("%v, %+v, steps %q", err, rep, steps)
+	}
+}
+
+// TestSequencerRefusesSelf: / and the filesystem of the running binary are
+// refused. The / case is checked on a mount table alone: a test must never
+// come near freezing the real root.
+func TestSequencerRefusesSelf(t *testing.T) {
+	if err := refuseSelf(7, 99, []Mount{{MountPoint: "/mnt"}, {MountPoint: "/"}}); !errors.Is(err, ErrRefused) {
+		t.Errorf("a filesystem mounted at /: %v", err)
+	}
+	d := newTestFilesystem(t, "ext4")
+	// The running binary is this test binary; a copy of it on the loop
+	// filesystem is a binary that would freeze its own filesystem.
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(d.MountPoint, "blockdev.test")
+	data, err := os.ReadFile(self)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(bin, data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cmd, err := reexec.Command(testRefuser, d.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Path = bin
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "REFUSED") {
+		t.Fatalf("copy on the filesystem: %v\n%s", err, out)
+	}
+	if frozen(t, d.MountPoint) {
+		t.Fatal("frozen")
+	}
+}
+
+// TestSequencerSIGTERMThaws: a process frozen in its critical section that
+// gets SIGTERM thaws by itself (not by its watchdog), then dies of the
+// signal as it would have without the freeze.
+func TestSequencerSIGTERMThaws(t *testing.T) {
+	d := newTestFilesystem(t, "ext4")
+	cmd, stderr, exited := startFreezer(t, d.Path, "idle")
+	if !frozen(t, d.MountPoint) {
+		t.Fatal("helper says frozen, filesystem is not")
+	}
+	w := startWriter(t, d.MountPoint, "blocked")
+	cmd.Process.Signal(syscall.SIGTERM)
+	err := <-exited
+	w.wait(t)
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGTERM {
+		t.Errorf("helper exit %v, want death by SIGTERM; stderr:\n%s", err, stderr)
+	}
+	log := stderr.String()
+	if !strings.Contains(log, "interrupted by a signal") || strings.Contains(log, "watchdog") {
+		t.Errorf("helper did not thaw by itself on SIGTERM:\n%s", log)
+	}
+}

@@ -53,6 +53,9 @@ func init() {
 			Deadline: time.Minute, // the watchdog's timer must not be what thaws
 			Logf:     func(f string, a ...any) { fmt.Fprintf(os.Stderr, f+"\n", a...) },
 		}
+		if mode == "short" { // for a test that stops this process
+			s.Deadline, s.WatchdogGrace = 200*time.Millisecond, 100*time.Millisecond
+		}
 		_, err := s.Run(context.Background(), func(ctx context.Context) error {
 			if mode == "stuck" {
 				mounts, _ := MountsOf(dev)

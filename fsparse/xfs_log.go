@@ -114,7 +114,6 @@ func xfsLogStateOf(r io.ReaderAt, size int64, sb *xfsSuper) (xfsLogState, error)
 		if end != head%nbb {
 			return xfsLogDirty, nil
 		}
-		lsn, tail := be.Uint64(b[16:]), be.Uint64(b[24:])
 		if ops == 1 {
 			op, err := read(i + hblks)
 			if err != nil {
@@ -124,10 +123,97 @@ func xfsLogStateOf(r io.ReaderAt, size int64, sb *xfsSuper) (xfsLogState, error)
 				return xfsLogClean, nil
 			}
 		}
-		if tail == lsn {
-			return xfsLogCovered, nil
+		// The records from the tail to the head are what recovery
+		// would replay. If they only log the superblock, the log was
+		// covered by a freeze or an idle period: every allocation
+		// change is in place.
+		tail := int64(be.Uint64(b[24:]) & 0xffffffff)
+		if tail >= nbb {
+			return xfsLogDirty, nil
 		}
-		return xfsLogDirty, nil
+		onlySB, err := xlogOnlySuperblock(r, size, start, nbb, tail, head%nbb)
+		if err != nil || !onlySB {
+			return xfsLogDirty, err
+		}
+		return xfsLogCovered, nil
 	}
 	return xfsLogDirty, errLogInconclusive
+}
+
+const (
+	xlogMaxLiveBBs     = 64          // a covered log's live part is a few BBs
+	xlogTransMagic     = 0x5452414e  // "TRAN": xfs_trans_header
+	xlogLIBuf          = 0x123c      // XFS_LI_BUF
+	xlogContinueFlags  = 0x04 | 0x08 // XLOG_CONTINUE_TRANS | XLOG_WAS_CONT_TRANS
+	xlogOpHeaderSize   = 12
+	xlogCycleDataSlots = 64 // h_cycle_data entries in one record header
+)
+
+// xlogOnlySuperblock reports whether every log item in the records from
+// BB tail up to BB head is a buffer item for sector 0, the superblock.
+// Record and operation headers are big-endian; the items themselves are in
+// the byte order of the host that wrote them, so both are accepted.
+// Anything it does not understand (a long live region, a transaction split
+// over records, another item type) makes it answer false.
+func xlogOnlySuperblock(r io.ReaderAt, size, start, nbb, tail, head int64) (bool, error) {
+	be, le := binary.BigEndian, binary.LittleEndian
+	live := (head - tail + nbb) % nbb
+	if live == 0 || live > xlogMaxLiveBBs {
+		return false, nil
+	}
+	buf := make([]byte, live*512)
+	for k := int64(0); k < live; k++ {
+		off := start + ((tail+k)%nbb)*512
+		if err := readFull(r, buf[k*512:(k+1)*512], off, size, "xfs", "log block"); err != nil {
+			return false, err
+		}
+	}
+	for pos := int64(0); pos < live; {
+		h := buf[pos*512 : (pos+1)*512]
+		if be.Uint32(h) != xlogHeaderMagic {
+			return false, nil
+		}
+		hlen, nops := int64(be.Uint32(h[12:])), int64(be.Uint32(h[40:]))
+		if be.Uint32(h[8:])&xlogVersion2 != 0 && be.Uint32(h[320:]) > xlogCycleSize {
+			return false, nil // extended headers: not a covering record
+		}
+		dbbs := (hlen + 511) / 512
+		if dbbs > xlogCycleDataSlots || pos+1+dbbs > live {
+			return false, nil
+		}
+		data := buf[(pos+1)*512 : (pos+1+dbbs)*512]
+		// Each data BB's first word was replaced by the cycle number;
+		// the header keeps the original.
+		for j := int64(0); j < dbbs; j++ {
+			copy(data[j*512:], h[44+4*j:48+4*j])
+		}
+		data = data[:hlen]
+		regionsLeft := 0
+		for op := int64(0); op < nops; op++ {
+			if len(data) < xlogOpHeaderSize {
+				return false, nil
+			}
+			n, flags := int(be.Uint32(data[4:])), data[9]
+			data = data[xlogOpHeaderSize:]
+			if flags&xlogContinueFlags != 0 || n > len(data) {
+				return false, nil
+			}
+			region := data[:n]
+			data = data[n:]
+			switch {
+			case n == 0: // start or commit marker
+			case regionsLeft > 0:
+				regionsLeft--
+			case n >= 4 && (le.Uint32(region) == xlogTransMagic || be.Uint32(region) == xlogTransMagic):
+			case n >= 16 && le.Uint16(region) == xlogLIBuf && le.Uint64(region[8:]) == 0:
+				regionsLeft = int(le.Uint16(region[2:])) - 1
+			case n >= 16 && be.Uint16(region) == xlogLIBuf && be.Uint64(region[8:]) == 0:
+				regionsLeft = int(be.Uint16(region[2:])) - 1
+			default:
+				return false, nil
+			}
+		}
+		pos += 1 + dbbs
+	}
+	return true, nil
 }

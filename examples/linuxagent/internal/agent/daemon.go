@@ -139,7 +139,7 @@ func (d *Daemon) resume(ctx context.Context, st deviceState) {
 		// kernel's write counter tells, read after the new tracer's
 		// barrier.
 		ferr := t.tracer.Flush(ctx)
-		n, err := writeCount(st.Device)
+		n, err := d.p.WriteCount(st.Device)
 		switch {
 		case ferr != nil || err != nil:
 			st.Target, st.Reason = "", fmt.Sprintf("cannot tell whether the device was written while the daemon was stopped: %v", errors.Join(ferr, err))
@@ -191,7 +191,7 @@ func (d *Daemon) stopDevice(t *trackedDevice) error {
 	// The counter is read while the tracer still runs: a write that
 	// lands in between is traced and counted, which only makes the next
 	// start distrust the set.
-	n, cerr := writeCount(t.state.Device)
+	n, cerr := d.p.WriteCount(t.state.Device)
 	serr := t.tracer.Stop()
 	st := t.state
 	if cerr == nil && serr == nil {
@@ -267,13 +267,6 @@ func (d *Daemon) Track(device string) (agentapi.DeviceStatus, error) {
 	d.mu.Unlock()
 	if ok {
 		return t.status(), nil
-	}
-	st, err := os.Stat(device)
-	if err != nil {
-		return agentapi.DeviceStatus{}, fmt.Errorf("%w: %v", agentapi.ErrInvalid, err)
-	}
-	if st.Mode()&os.ModeDevice == 0 || st.Mode()&os.ModeCharDevice != 0 {
-		return agentapi.DeviceStatus{}, fmt.Errorf("%w: %s is not a block device; only block devices can be traced", agentapi.ErrInvalid, device)
 	}
 	tr, err := d.p.startTracer(context.Background(), device, false, nil)
 	if err != nil {

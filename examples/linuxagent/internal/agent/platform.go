@@ -73,6 +73,9 @@ type Platform struct {
 	// freeze (when mounted), flush the device buffers, flushTracer (when
 	// not nil), critical, thaw.
 	Sequence func(ctx context.Context, device string, flushTracer func(context.Context) error, critical func(context.Context) error) (FreezeReport, error)
+	// WriteCount returns how many sectors the kernel has written to
+	// device since boot.
+	WriteCount func(device string) (uint64, error)
 	// OpenTarget connects to target (an NBD URI or a local image path);
 	// size is the device size, which a new local image takes.
 	OpenTarget func(ctx context.Context, target string, size int64) (Target, error)
@@ -86,6 +89,7 @@ var ErrUnavailable = errors.New("linuxagent: not available in this build")
 var System = Platform{
 	Open:       openFile,
 	OpenTarget: openTarget,
+	WriteCount: writeCount,
 }
 
 // osDevice is the fallback Device: a file opened with os.

@@ -27,6 +27,11 @@ type Backup struct {
 	Progress func(agentapi.Progress)
 	// Notify, if set, receives the notes as they arise.
 	Notify func(string)
+	// FreezeDeadline bounds each freeze: past it the filesystem is thawed
+	// and the backup fails as not consistent. Zero: package blockdev's
+	// default (10 s), or DefaultSingleFreezeDeadline for a copy made
+	// inside a single freeze.
+	FreezeDeadline time.Duration
 	// Engine tunes the copy loop; RateLimit and Progress come from the
 	// request and the field above.
 	Engine engine.Options
@@ -35,6 +40,10 @@ type Backup struct {
 	// copy: the tests record the device's content at the freeze point.
 	atFreeze func(ctx context.Context) error
 }
+
+// DefaultSingleFreezeDeadline bounds the freeze of a mounted device copied
+// without a tracer, which lasts the whole copy.
+const DefaultSingleFreezeDeadline = 10 * time.Minute
 
 // Run performs the backup b on platform p.
 //
@@ -188,7 +197,11 @@ func (p *Platform) Run(ctx context.Context, b Backup) (res agentapi.Result, err 
 		if p.Sequence == nil {
 			return FreezeReport{}, fmt.Errorf("%w: the consistency sequence needs package blockdev", ErrUnavailable)
 		}
-		return p.Sequence(ctx, req.Device, flushTracer, critical)
+		deadline := b.FreezeDeadline
+		if singleFreeze && deadline == 0 {
+			deadline = DefaultSingleFreezeDeadline
+		}
+		return p.Sequence(ctx, req.Device, deadline, flushTracer, critical)
 	}
 
 	var er engine.Result

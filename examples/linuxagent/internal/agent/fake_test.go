@@ -235,7 +235,7 @@ func newFakeMachine(size int, seed uint64) *fakeMachine {
 			m.mu.Unlock()
 			return t, nil
 		},
-		Sequence: func(ctx context.Context, device string, flushTracer func(context.Context) error, critical func(context.Context) error) (FreezeReport, error) {
+		Sequence: func(ctx context.Context, device string, deadline time.Duration, flushTracer func(context.Context) error, critical func(context.Context) error) (FreezeReport, error) {
 			d := m.disk
 			d.gate.Lock()
 			defer d.gate.Unlock()

@@ -72,7 +72,10 @@ type Platform struct {
 	// Sequence runs critical inside the consistency sequence of device:
 	// freeze (when mounted), flush the device buffers, flushTracer (when
 	// not nil), critical, thaw.
-	Sequence func(ctx context.Context, device string, flushTracer func(context.Context) error, critical func(context.Context) error) (FreezeReport, error)
+	// The filesystem stays frozen at most deadline (0: the default of
+	// package blockdev); past it, it is thawed and the error says the copy
+	// is not consistent.
+	Sequence func(ctx context.Context, device string, deadline time.Duration, flushTracer func(context.Context) error, critical func(context.Context) error) (FreezeReport, error)
 	// WriteCount returns how many sectors the kernel has written to
 	// device since boot.
 	WriteCount func(device string) (uint64, error)

@@ -80,10 +80,10 @@ func (p *Platform) Restore(ctx context.Context, from, dest string, o RestoreOpti
 // openSource opens a backup image for reading.
 func (p *Platform) openSource(ctx context.Context, from string) (Target, error) {
 	if IsNBDURI(from) {
-		if openNBD == nil {
+		if openNBDSource == nil {
 			return nil, fmt.Errorf("%w: NBD sources need package nbd", ErrUnavailable)
 		}
-		return openNBD(ctx, from)
+		return openNBDSource(ctx, from)
 	}
 	f, err := os.Open(from)
 	if err != nil {

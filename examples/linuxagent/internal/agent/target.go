@@ -41,8 +41,9 @@ func openTarget(ctx context.Context, target string, size int64) (Target, error) 
 // through the embedded NBD server and connects to it. Both are set by
 // wire_nbd.go.
 var (
-	openNBD    func(ctx context.Context, uri string) (Target, error)
-	serveImage func(ctx context.Context, path string) (Target, error)
+	openNBD       func(ctx context.Context, uri string) (Target, error)
+	openNBDSource func(ctx context.Context, uri string) (Target, error)
+	serveImage    func(ctx context.Context, path string) (Target, error)
 )
 
 // prepareImage creates a sparse image file of size bytes, or grows an

@@ -1,8 +1,10 @@
 package agent
 
 import (
+	"context"
 	"os"
 	"syscall"
+	"time"
 
 	"github.com/blockimage/blockimage/blockdev"
 )
@@ -37,4 +39,15 @@ func mountsBlockdev(device string) ([]Mount, error) {
 		out[i] = Mount{MountPoint: m.MountPoint, FSType: m.FSType}
 	}
 	return out, nil
+}
+
+func init() { System.Sequence = sequenceBlockdev }
+
+// sequenceBlockdev runs the blockdev sequencer. The agent handles SIGINT
+// and SIGTERM itself (it cancels the backup), so the sequencer thaws and
+// cancels the critical section on them without re-raising.
+func sequenceBlockdev(ctx context.Context, device string, deadline time.Duration, flushTracer func(context.Context) error, critical func(context.Context) error) (FreezeReport, error) {
+	s := blockdev.Sequencer{Device: device, Deadline: deadline, FlushTracer: flushTracer, SignalsHandled: true}
+	rep, err := s.Run(ctx, critical)
+	return FreezeReport{Frozen: rep.Frozen, MountPoint: rep.MountPoint, FrozenFor: rep.FrozenFor}, err
 }

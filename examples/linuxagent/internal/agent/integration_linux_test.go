@@ -1,0 +1,224 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"os"
+	"sync"
+	"syscall"
+	"testing"
+
+	"github.com/blockimage/blockimage/blockdev"
+	"github.com/blockimage/blockimage/fsparse"
+	"github.com/blockimage/blockimage/internal/testenv"
+)
+
+func TestMain(m *testing.M) {
+	blockdev.Main() // the freeze watchdog runs here when re-executed
+	testenv.Main(m)
+}
+
+// sameInUse compares the image at imagePath with want (a device or a
+// snapshot of it) on every block the filesystem in want uses, and returns
+// the number of differing 4 KiB blocks and the bytes compared.
+func sameInUse(t *testing.T, want, imagePath string) (mismatches int, compared int64) {
+	t.Helper()
+	w, err := blockdev.Open(want, os.O_RDONLY|directIfDevice(want))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	img, err := os.Open(imagePath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer img.Close()
+	_, extents, err := fsparse.InUse(context.Background(), w, w.Size())
+	if err != nil {
+		t.Fatalf("mapping %s: %v", want, err)
+	}
+	a, b := make([]byte, 1<<20), make([]byte, 1<<20)
+	for _, e := range extents {
+		for off := e.Offset; off < e.End(); {
+			n := min(int64(len(a)), e.End()-off)
+			if _, err := w.ReadAt(a[:n], off); err != nil && !errors.Is(err, io.EOF) {
+				t.Fatal(err)
+			}
+			if _, err := img.ReadAt(b[:n], off); err != nil && !errors.Is(err, io.EOF) {
+				t.Fatal(err)
+			}
+			for i := int64(0); i < n; i += 4096 {
+				j := min(i+4096, n)
+				if !bytes.Equal(a[i:j], b[i:j]) {
+					if mismatches < 5 {
+						t.Errorf("block at %d differs", off+i)
+					}
+					mismatches++
+				}
+			}
+			compared += n
+			off += n
+		}
+	}
+	return mismatches, compared
+}
+
+func directIfDevice(path string) int {
+	if isRegularFile(path) {
+		return 0
+	}
+	return syscall.O_DIRECT
+}
+
+// cuttingProxy forwards TCP connections to an NBD server and cuts them
+// (both directions, abruptly) each time a random amount of data between
+// minCut and maxCut has gone to the server, cuts times in all. After the
+// cut numbered restartAt it asks the test to restart the server.
+type cuttingProxy struct {
+	l               net.Listener
+	server          string
+	rng             *rand.Rand
+	minCut, maxCut  int64
+	cutsLeft        int
+	restartAt       int
+	restart         chan chan struct{} // the test restarts, then closes the inner channel
+	mu              sync.Mutex
+	cuts            int
+	sinceCut, limit int64
+}
+
+func newCuttingProxy(t *testing.T, server string, cuts, restartAt int, minCut, maxCut int64) *cuttingProxy {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &cuttingProxy{l: l, server: server, rng: rand.New(rand.NewPCG(uint64(cuts), 9)), minCut: minCut, maxCut: maxCut,
+		cutsLeft: cuts, restartAt: restartAt, restart: make(chan chan struct{})}
+	p.limit = p.nextLimit()
+	t.Cleanup(func() { l.Close() })
+	go p.accept()
+	return p
+}
+
+func (p *cuttingProxy) nextLimit() int64 { return p.minCut + p.rng.Int64N(p.maxCut-p.minCut) }
+
+func (p *cuttingProxy) accept() {
+	for {
+		c, err := p.l.Accept()
+		if err != nil {
+			return
+		}
+		s, err := net.Dial("tcp", p.server)
+		if err != nil {
+			c.Close() // the server is down: the client retries
+			continue
+		}
+		go p.pipe(c, s)
+	}
+}
+
+func (p *cuttingProxy) pipe(c, s net.Conn) {
+	done := make(chan struct{})
+	cut := func() { c.Close(); s.Close() }
+	go func() { io.Copy(c, s); cut(); close(done) }()
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := c.Read(buf)
+		if n > 0 {
+			if _, werr := s.Write(buf[:n]); werr != nil {
+				break
+			}
+			if p.count(int64(n)) {
+				break
+			}
+		}
+		if err != nil {
+			break
+		}
+	}
+	cut()
+	<-done
+}
+
+// count records n bytes sent to the server and reports whether to cut
+// now; at the restart cut it waits for the test to restart the server.
+func (p *cuttingProxy) count(n int64) bool {
+	p.mu.Lock()
+	p.sinceCut += n
+	if p.cutsLeft == 0 || p.sinceCut < p.limit {
+		p.mu.Unlock()
+		return false
+	}
+	p.cutsLeft--
+	p.cuts++
+	p.sinceCut, p.limit = 0, p.nextLimit()
+	restart := p.cuts == p.restartAt
+	p.mu.Unlock()
+	if restart {
+		done := make(chan struct{})
+		p.restart <- done
+		<-done
+	}
+	return true
+}
+
+func (p *cuttingProxy) uri() string {
+	return fmt.Sprintf("nbd://%s/%s", p.l.Addr(), testenv.ExportName)
+}
+
+// TestNetworkFaultsDuringFullBackup cuts the connection to the NBD
+// server six times at random points of a full backup of a 1 GiB device
+// and restarts the server once: the backup resumes each time and the
+// image is exact.
+func TestNetworkFaultsDuringFullBackup(t *testing.T) {
+	testenv.Require(t, testenv.Root, testenv.LoopDevices, testenv.Mkfs("ext4"), testenv.Commands("qemu-nbd"))
+	const size = 1 << 30
+	dev := testenv.NewFilesystem(t, "ext4", size)
+	testenv.FillFiles(t, dev.MountPoint, testenv.FillOptions{Seed: 1, Files: 40, MaxSize: 16 << 20})
+	dev.Unmount(t)
+	srv := testenv.StartNBD(t, testenv.QemuNBD, testenv.NBDOptions{Size: size})
+	proxy := newCuttingProxy(t, srv.Address, 6, 3, 8<<20, 48<<20)
+
+	type outcome struct {
+		res any
+		err error
+	}
+	done := make(chan outcome, 1)
+	go func() {
+		res, err := System.Run(context.Background(), Backup{Request: backupRequest(dev.Path, proxy.uri())})
+		done <- outcome{res, err}
+	}()
+	restarted := false
+	for {
+		select {
+		case ack := <-proxy.restart:
+			srv.Restart(t)
+			restarted = true
+			close(ack)
+			continue
+		case out := <-done:
+			if out.err != nil {
+				t.Fatalf("backup through the faulty network: %v", out.err)
+			}
+			t.Logf("result: %+v", out.res)
+		}
+		break
+	}
+	proxy.mu.Lock()
+	cuts := proxy.cuts
+	proxy.mu.Unlock()
+	if cuts < 5 || !restarted {
+		t.Fatalf("only %d cuts (restart: %v): the backup was too small to test the faults", cuts, restarted)
+	}
+	srv.Stop(t)
+	bad, compared := sameInUse(t, dev.Path, srv.Image)
+	if bad != 0 {
+		t.Fatalf("%d of %d in-use blocks differ after %d cuts and a server restart", bad, compared/4096, cuts)
+	}
+	t.Logf("%d cuts and a server restart: %d MiB in use, exact", cuts, compared>>20)
+}

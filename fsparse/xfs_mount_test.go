@@ -226,7 +226,6 @@ func xfsLogprintState(t *testing.T, img string) string {
 	return ""
 }
 
-
 // TestXFSv4Populated covers the v4 format with data. This kernel, like
 // most current ones, is built without CONFIG_XFS_SUPPORT_V4 and cannot
 // mount it, so mkfs.xfs writes the files itself from a prototype file.

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"unsafe"
 
 	"github.com/blockimage/blockimage/internal/testenv"
 	"golang.org/x/sys/unix"
@@ -129,5 +130,23 @@ func TestOpenLoopDevice(t *testing.T) {
 	n, err := d.ReadAt(make([]byte, 1024), d.Size()-512)
 	if n != 512 || err != io.EOF {
 		t.Fatalf("read across the device end: n=%d err=%v", n, err)
+	}
+}
+
+func TestAlignedBuffer(t *testing.T) {
+	for _, align := range []int{512, 4096, 3 /* not a power of two: 4096 */} {
+		for _, n := range []int{0, 1, 4096, 100000} {
+			b := AlignedBuffer(n, align)
+			want := align
+			if align == 3 {
+				want = 4096
+			}
+			if len(b) != n || cap(b) != n {
+				t.Errorf("AlignedBuffer(%d, %d): len %d cap %d", n, align, len(b), cap(b))
+			}
+			if n > 0 && uintptr(unsafe.Pointer(&b[0]))%uintptr(want) != 0 {
+				t.Errorf("AlignedBuffer(%d, %d) not aligned", n, align)
+			}
+		}
 	}
 }

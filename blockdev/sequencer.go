@@ -34,6 +34,11 @@ var (
 	// ErrInterrupted means SIGINT or SIGTERM arrived while frozen; the
 	// error also wraps ErrNotConsistent.
 	ErrInterrupted = errors.New("blockdev: interrupted by a signal while frozen")
+	// ErrInUse means the device has no mounted filesystem of its own but
+	// is written to through something that cannot be frozen from it: a
+	// mounted partition, a device-mapper or RAID holder, or swap. Nothing
+	// was frozen and the critical section did not run.
+	ErrInUse = errors.New("blockdev: device in use")
 	// ErrWatchdog means the watchdog child could not be started, so the
 	// sequencer did not freeze.
 	ErrWatchdog = errors.New("blockdev: freeze watchdog unavailable")
@@ -56,7 +61,9 @@ var (
 // context cancellation, SIGINT or SIGTERM, the deadline, and the death of
 // the process itself (see the package documentation for the watchdog and
 // its bound). A device that is not mounted is not frozen: steps 3 to 5 run
-// and the report says Frozen is false. A filesystem mounted several times
+// (without a deadline: no writer waits) and the report says Frozen is
+// false; but a device used otherwise (a mounted partition of it, a
+// device-mapper or RAID holder, swap) is an error wrapping ErrInUse. A filesystem mounted several times
 // (bind mounts) is frozen once.
 //
 // The zero value with Device set is ready to use; a Sequencer must not be

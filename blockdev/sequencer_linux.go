@@ -33,6 +33,9 @@ func (s *Sequencer) run(ctx context.Context, critical func(context.Context) erro
 	}
 	defer dev.Close()
 	if len(mounts) == 0 {
+		if err := checkUnmountedUse(major, minor); err != nil {
+			return rep, fmt.Errorf("%w (nothing was frozen)", err)
+		}
 		return s.runUnmounted(ctx, dev, major, minor, critical, rep)
 	}
 	m := pickMount(mounts)
@@ -198,9 +201,24 @@ func (s *Sequencer) work(ctx context.Context, dev *os.File, critical func(contex
 }
 
 func (s *Sequencer) runFrozen(ctx context.Context, dir, dev *os.File, wd *watchdog, critical func(context.Context) error, rep Report) (Report, error) {
+	// SIGINT and SIGTERM are ours from just before the freeze to just
+	// after the thaw. One that arrives in that span, also on a path that
+	// never froze, is re-raised at the end unless the program handles
+	// signals itself. This defer runs last, after the thaw.
 	sigc := make(chan os.Signal, 1)
 	signal.Notify(sigc, syscall.SIGINT, syscall.SIGTERM)
-	defer signal.Stop(sigc)
+	defer func() {
+		signal.Stop(sigc)
+		if rep.Signal == nil {
+			select {
+			case rep.Signal = <-sigc:
+			default:
+			}
+		}
+		if rep.Signal != nil && !s.SignalsHandled {
+			reraise(rep.Signal)
+		}
+	}()
 
 	if err := wd.arm(); err != nil {
 		return rep, fmt.Errorf("%w: %v (nothing was frozen)", ErrWatchdog, err)
@@ -264,7 +282,6 @@ func (s *Sequencer) runFrozen(ctx context.Context, dir, dev *os.File, wd *watchd
 		res = <-done
 	}
 	wdErr := wd.finish(thawErr == nil)
-	signal.Stop(sigc)
 	rep.FlushBuffers, rep.FlushTracer, rep.Critical = res.flush, res.tracer, res.critics
 
 	if res.panicked {
@@ -298,9 +315,6 @@ func (s *Sequencer) runFrozen(ctx context.Context, dir, dev *os.File, wd *watchd
 	}
 	s.logf("blockdev: %s (%s on %s) frozen for %v: freeze %v, flush %v, tracer %v, critical %v, thaw %v; err=%v",
 		rep.MountPoint, rep.FSType, s.Device, rep.FrozenFor, rep.Freeze, rep.FlushBuffers, rep.FlushTracer, rep.Critical, rep.Thaw, err)
-	if rep.Signal != nil && !s.SignalsHandled {
-		reraise(rep.Signal)
-	}
 	return rep, err
 }
 

@@ -3,6 +3,7 @@ package blockdev
 import (
 	"context"
 	"crypto/rand"
+	"encoding/binary"
 	"errors"
 	"os"
 	"os/exec"
@@ -279,5 +280,54 @@ func TestSequencerSIGTERMThaws(t *testing.T) {
 	log := stderr.String()
 	if !strings.Contains(log, "interrupted by a signal") || strings.Contains(log, "watchdog") {
 		t.Errorf("helper did not thaw by itself on SIGTERM:\n%s", log)
+	}
+}
+
+// TestSequencerRefusesDeviceInUse: a whole device whose partition is
+// mounted has no filesystem of its own, but it is not idle: Run must not
+// treat it as an unmounted device.
+func TestSequencerRefusesDeviceInUse(t *testing.T) {
+	testenv.Require(t, testenv.Root, testenv.LoopDevices, testenv.Commands("partx"), testenv.Mkfs("ext4"), testenv.Mountable("ext4"))
+	img := testenv.NewImage(t, 64<<20)
+	// An MBR with one Linux partition from sector 2048 to the end.
+	mbr := make([]byte, 512)
+	entry := mbr[446:]
+	entry[4] = 0x83
+	binary.LittleEndian.PutUint32(entry[8:], 2048)
+	binary.LittleEndian.PutUint32(entry[12:], 64<<20/512-2048)
+	mbr[510], mbr[511] = 0x55, 0xaa
+	f, err := os.OpenFile(img, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt(mbr, 0); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	loop := testenv.AttachLoop(t, img)
+	// Partitions added with BLKPG outlive the loop device's detach: delete
+	// them before it (this runs after the unmount below), and delete any
+	// a killed earlier run left on this loop device first.
+	exec.Command("partx", "--delete", loop.Path).Run()
+	t.Cleanup(func() {
+		if out, err := exec.Command("partx", "--delete", loop.Path).CombinedOutput(); err != nil {
+			t.Logf("partx --delete %s: %v: %s", loop.Path, err, out)
+		}
+	})
+	if out, err := exec.Command("partx", "--add", loop.Path).CombinedOutput(); err != nil {
+		t.Fatalf("partx --add: %v: %s", err, out)
+	}
+	part := &testenv.LoopDevice{Path: loop.Path + "p1"}
+	part.Mkfs(t, "ext4")
+	part.Mount(t)
+
+	called := false
+	_, err = (&Sequencer{Device: loop.Path}).Run(context.Background(), func(context.Context) error { called = true; return nil })
+	if !errors.Is(err, ErrInUse) || called {
+		t.Fatalf("Run on the whole device = %v (critical called %v), want ErrInUse", err, called)
+	}
+	rep, err := (&Sequencer{Device: part.Path}).Run(context.Background(), func(context.Context) error { return nil })
+	if err != nil || !rep.Frozen {
+		t.Fatalf("Run on the partition = %v, %+v", err, rep)
 	}
 }

@@ -27,6 +27,10 @@ const (
 	stQuitting                    // Q sent; expect end of stream
 )
 
+var stateNames = [...]string{"starting", "idle", "compressing", "done", "flushing", "returning", "quitting"}
+
+func (s childState) String() string { return stateNames[s] }
+
 type chunk struct {
 	id    uint64
 	data  []byte
@@ -171,6 +175,10 @@ func (p *pool) live() int {
 	return n
 }
 
+// spawnName is the reexec name of the children; tests substitute
+// misbehaving ones.
+var spawnName = childName
+
 // testHook, when set by a test, sees every message the control process
 // receives, before it is handled.
 var testHook func(pid uint32, m Message)
@@ -217,7 +225,7 @@ func (p *pool) handle(ev event) error {
 		}
 		return p.flushNext()
 	default:
-		return bad("message %q in state %d", m.Kind, c.state)
+		return bad("message %q while %v", m.Kind, c.state)
 	}
 	return nil
 }
@@ -279,7 +287,7 @@ func (p *pool) spawn(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	cmd, err := reexec.Command(childName, childArgs(p.o.Codec, p.o.Level, p.o.ChunkSize)...)
+	cmd, err := reexec.Command(spawnName, childArgs(p.o.Codec, p.o.Level, p.o.ChunkSize)...)
 	if err != nil {
 		return err
 	}

@@ -317,21 +317,33 @@ func xfsInUse(ctx context.Context, r io.ReaderAt, size int64) (Info, []Extent, e
 		return info, nil, fmt.Errorf("%w: xfs: the log does not end with an unmount record and is not covered "+
 			"(mounted and not frozen, or not cleanly unmounted); freeze it, or mount or xfs_repair it, or fall back to AllBlocks", ErrNeedsRecovery)
 	}
+	used, free, err := sb.mapAGs(ctx, r, size)
+	if err != nil {
+		return info, nil, err
+	}
+	info.FreeBytes = free * sb.blockSize
+	info.UsedBytes = info.TotalBytes - info.FreeBytes
+	return info, used, nil
+}
+
+// mapAGs reads every AGF and walks its bnobt, in AG order, and returns
+// the in-use extents and the number of free blocks.
+func (sb *xfsSuper) mapAGs(ctx context.Context, r io.ReaderAt, size int64) ([]Extent, int64, error) {
 	w := &xfsWalker{sb: sb, r: r, size: size, block: make([]byte, sb.blockSize)}
 	var used []Extent
 	var free int64
 	agf := make([]byte, sb.sectSize)
 	for agno := uint32(0); agno < sb.agcount; agno++ {
 		if err := ctx.Err(); err != nil {
-			return info, nil, err
+			return nil, 0, err
 		}
 		a, err := sb.readAGF(r, size, agno, agf)
 		if err != nil {
-			return info, nil, err
+			return nil, 0, err
 		}
 		frees, err := w.freeExtents(ctx, agno, a)
 		if err != nil {
-			return info, nil, err
+			return nil, 0, err
 		}
 		// Everything between the free extents is in use.
 		next := uint32(0)
@@ -346,9 +358,7 @@ func xfsInUse(ctx context.Context, r io.ReaderAt, size int64) (Info, []Extent, e
 			used = append(used, w.extent(agno, next, a.length-next))
 		}
 	}
-	info.FreeBytes = free * sb.blockSize
-	info.UsedBytes = info.TotalBytes - info.FreeBytes
-	return info, Merge(used), nil
+	return Merge(used), free, nil
 }
 
 // xfsWalker walks the bnobt of one AG at a time.

@@ -171,8 +171,10 @@ func parseExtSuper(b []byte, size int64) (*extSuper, error) {
 			return nil, corrupt(fs, "cluster size 2^(10+%d) with block size 2^(10+%d)", logCluster, logBlock)
 		}
 		s.clusterBits = uint(logCluster - logBlock)
-	} else {
-		s.clustersPerGroup = s.blocksPerGroup
+	} else if s.clustersPerGroup != s.blocksPerGroup {
+		// Once s_frags_per_group, always equal without bigalloc; the
+		// kernel refuses to mount otherwise.
+		return nil, corrupt(fs, "%d blocks per group but %d clusters per group without bigalloc", s.blocksPerGroup, s.clustersPerGroup)
 	}
 	bitsPerBlock := uint64(s.blockSize) * 8
 	if s.clustersPerGroup < 8 || s.clustersPerGroup > bitsPerBlock || s.clustersPerGroup%8 != 0 {

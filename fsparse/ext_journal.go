@@ -59,7 +59,8 @@ func (m *extMapper) addJournal() error {
 // extBlockWalk adds the blocks of one inode, its mapping blocks included.
 type extBlockWalk struct {
 	m      *extMapper
-	budget int
+	budget int    // tree blocks still allowed
+	mapped uint64 // data blocks so far; more than the filesystem has is corrupt
 }
 
 func (w *extBlockWalk) data(b, n uint64) error {
@@ -69,6 +70,9 @@ func (w *extBlockWalk) data(b, n uint64) error {
 	}
 	if b >= s.blocksCount || n > s.blocksCount-b {
 		return corrupt(s.name, "journal blocks [%d, +%d) beyond the %d blocks", b, n, s.blocksCount)
+	}
+	if w.mapped += n; w.mapped > s.blocksCount {
+		return corrupt(s.name, "the journal inode maps more blocks than the filesystem has")
 	}
 	w.m.addBlocks(b, n)
 	return nil

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -233,5 +234,43 @@ func TestTokenFile(t *testing.T) {
 	}
 	if _, err := ReadToken(path); err == nil {
 		t.Fatal("a world-readable token file was accepted")
+	}
+}
+
+// TestOpenAPIListsEveryRoute keeps examples/linuxagent/openapi.yaml in step
+// with the handler.
+func TestOpenAPIListsEveryRoute(t *testing.T) {
+	spec, err := os.ReadFile(filepath.Join("..", "..", "openapi.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	routes := map[string][]string{
+		"/v1/backups:":             {"get:", "post:"},
+		"/v1/backups/last:":        {"get:"},
+		"/v1/backups/{id}:":        {"get:"},
+		"/v1/backups/{id}/cancel:": {"post:"},
+		"/v1/devices:":             {"get:"},
+		"/v1/devices/track:":       {"post:"},
+		"/v1/devices/untrack:":     {"post:"},
+	}
+	text := string(spec)
+	for path, methods := range routes {
+		i := strings.Index(text, "\n  "+path+"\n")
+		if i < 0 {
+			t.Errorf("openapi.yaml lacks %s", path)
+			continue
+		}
+		section := text[i+len(path)+3:] // from the newline ending the path line
+		if j := strings.Index(section, "\n  /"); j >= 0 {
+			section = section[:j]
+		}
+		for _, m := range methods {
+			if !strings.Contains(section, "\n    "+m) {
+				t.Errorf("openapi.yaml lacks %s %s", m, path)
+			}
+		}
+	}
+	if n := strings.Count(text, "\n  /v1/"); n != len(routes) {
+		t.Errorf("openapi.yaml has %d paths, the handler %d", n, len(routes))
 	}
 }

@@ -6,5 +6,5 @@
 // The API listens on a Unix socket (default) or a loopback address and
 // every request must carry the daemon's token as "Authorization: Bearer
 // TOKEN"; the token lives in a root-only file next to the daemon's state.
-// openapi.yaml beside this file describes the endpoints.
+// examples/linuxagent/openapi.yaml describes the endpoints.
 package agentapi

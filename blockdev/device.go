@@ -120,21 +120,21 @@ func (d *Device) aligned(p []byte, off int64) bool {
 }
 
 // bounceMax bounds the aligned buffer one unaligned O_DIRECT read uses;
-// larger requests are split.
+// larger requests are read through it in pieces. It is a multiple of every
+// sector size.
 const bounceMax = 1 << 20
 
 func (d *Device) readBounce(p []byte, off int64) (int, error) {
 	a := int64(d.logical)
+	first := off - off%a
+	span := min((off+int64(len(p))+a-1)/a*a-first, bounceMax)
+	bounce := AlignedBuffer(int(span), d.memAlign)
 	n := 0
 	for n < len(p) {
 		pos := off + int64(n)
 		start := pos - pos%a
-		want := int64(len(p)-n) + (pos - start)
-		if want > bounceMax {
-			want = bounceMax
-		}
-		want = (want + a - 1) / a * a
-		buf := AlignedBuffer(int(want), d.memAlign)
+		want := min((int64(len(p)-n)+(pos-start)+a-1)/a*a, int64(len(bounce)))
+		buf := bounce[:want]
 		m, err := d.f.ReadAt(buf, start)
 		skip := int(pos - start)
 		if m > skip {
@@ -146,11 +146,6 @@ func (d *Device) readBounce(p []byte, off int64) (int, error) {
 				return n, nil
 			}
 			return n, err
-		}
-		if m < len(buf) { // short read without error: treat as end
-			if n < len(p) {
-				return n, io.EOF
-			}
 		}
 	}
 	return n, nil

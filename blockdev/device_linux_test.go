@@ -117,6 +117,10 @@ func TestOpenLoopDevice(t *testing.T) {
 	if _, err := d.ReadAt(p, 1<<20); err != nil || string(p) != "written through the device" {
 		t.Fatalf("read back %q, %v", p, err)
 	}
+	odd := make([]byte, 11)[1:] // unaligned address, length and offset
+	if _, err := d.ReadAt(odd, 1<<20+8); err != nil || string(odd) != "through th" {
+		t.Fatalf("unaligned O_DIRECT read %q, %v", odd, err)
+	}
 	if err := FlushBuffers(d.File()); err != nil {
 		t.Fatalf("BLKFLSBUF: %v", err)
 	}

@@ -132,7 +132,8 @@ func startWriter(t *testing.T, dir, name string) *writer {
 	w := &writer{path: filepath.Join(dir, name), done: make(chan error, 1)}
 	cmd := exec.Command("dd", "if=/dev/urandom", "of="+w.path, "bs=64k", "count=4", "conv=fsync", "status=none")
 	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
+		w.done <- err // reported by wait
+		return w
 	}
 	t.Cleanup(func() { cmd.Process.Kill() })
 	go func() { w.done <- cmd.Wait() }()
@@ -150,25 +151,31 @@ func (w *writer) completed() bool {
 	}
 }
 
-// wait waits for the writer and checks it wrote the whole file.
+// wait waits for the writer and checks it wrote the whole file. It may
+// run in a critical section, off the test's goroutine, so it reports with
+// t.Errorf.
 func (w *writer) wait(t *testing.T) {
 	t.Helper()
-	if err := <-w.done; err != nil {
-		t.Fatalf("writer: %v", err)
+	err := <-w.done
+	w.done <- err
+	if err != nil {
+		t.Errorf("writer: %v", err)
+		return
 	}
-	w.done <- nil
 	if st, err := os.Stat(w.path); err != nil || st.Size() != 4*64<<10 {
-		t.Fatalf("writer's file: %v, %v", st, err)
+		t.Errorf("writer's file: %v, %v", st, err)
 	}
 }
 
 // frozen reports whether the filesystem at mp is frozen, by trying to
 // freeze it: EBUSY means it is. If the probe froze it, it thaws it again.
+// It may run in a critical section, so it reports with t.Errorf.
 func frozen(t *testing.T, mp string) bool {
 	t.Helper()
 	dir, err := os.Open(mp)
 	if err != nil {
-		t.Fatal(err)
+		t.Errorf("probe: %v", err)
+		return false
 	}
 	defer dir.Close()
 	err = Freeze(dir)
@@ -176,10 +183,11 @@ func frozen(t *testing.T, mp string) bool {
 		return true
 	}
 	if err != nil {
-		t.Fatalf("probe freeze: %v", err)
+		t.Errorf("probe freeze: %v", err)
+		return false
 	}
 	if err := Thaw(dir); err != nil {
-		t.Fatalf("probe thaw: %v", err)
+		t.Errorf("probe thaw: %v", err)
 	}
 	return false
 }

@@ -66,8 +66,10 @@ var (
 // device-mapper or RAID holder, swap) is an error wrapping ErrInUse. A filesystem mounted several times
 // (bind mounts) is frozen once.
 //
-// The zero value with Device set is ready to use; a Sequencer must not be
-// changed while Run runs, and one Sequencer may Run several times.
+// The zero value with Device set is ready to use. A Sequencer must not be
+// changed while Run runs; it may Run several times, and Sequencers on
+// different filesystems may Run concurrently (on the same one, the second
+// freeze fails with EBUSY).
 type Sequencer struct {
 	// Device is the block device (/dev/sdb1, /dev/loop0, a symlink to
 	// one) whose filesystem is frozen. Required.

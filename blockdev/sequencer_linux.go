@@ -205,8 +205,14 @@ func (s *Sequencer) runFrozen(ctx context.Context, dir, dev *os.File, wd *watchd
 	// after the thaw. One that arrives in that span, also on a path that
 	// never froze, is re-raised at the end unless the program handles
 	// signals itself. This defer runs last, after the thaw.
+	// A signal the program ignores stays ignored: it cannot end the
+	// program, and listening would undo the ignoring.
 	sigc := make(chan os.Signal, 1)
-	signal.Notify(sigc, syscall.SIGINT, syscall.SIGTERM)
+	for _, sig := range []os.Signal{syscall.SIGINT, syscall.SIGTERM} {
+		if !signal.Ignored(sig) {
+			signal.Notify(sigc, sig)
+		}
+	}
 	defer func() {
 		signal.Stop(sigc)
 		if rep.Signal == nil {

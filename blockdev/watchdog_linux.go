@@ -104,7 +104,7 @@ func startWatchdog(ctx context.Context, mountPoint string, major, minor uint32, 
 		cmd.Process.Kill()
 		<-w.exited
 		if errors.Is(err, io.EOF) {
-			return nil, fmt.Errorf("child exited before it was ready (%v); does the program call blockdev.Main first in main?", w.waitErr)
+			return nil, fmt.Errorf("child exited before it was ready (%v; its message, if any, is on stderr); the program must call blockdev.Main first in main", w.waitErr)
 		}
 		return nil, fmt.Errorf("child: %v", err)
 	}

@@ -71,7 +71,8 @@ type Options struct {
 	// ChunkSize is the size of each read and write. Default 1 MiB.
 	ChunkSize int
 	// RateLimit caps reads from the device in bytes per second so that
-	// production workloads keep their I/O; 0 means no limit.
+	// production workloads keep their I/O; 0 means no limit. The frozen
+	// pass is not throttled, since every writer waits for it.
 	RateLimit int64
 	// Progress, if set, is called after every chunk and phase change.
 	Progress func(Progress)
@@ -213,6 +214,11 @@ func (r *runner) copyAll(ctx context.Context, phase string, pass int, work []Ext
 			r.sent += n
 			r.read += n
 			r.report(phase, pass, todo, done)
+			if phase == "frozen" {
+				// Writers wait while frozen: the rate limit protects
+				// them from the copy's I/O, not the other way round.
+				continue
+			}
 			if err := r.throttle(ctx); err != nil {
 				return err
 			}

@@ -256,7 +256,7 @@ func (s *Sequencer) runFrozen(ctx context.Context, dir, dev *os.File, wd *watchd
 	if err := wd.frozen(); err != nil {
 		thawNow()
 		wd.finish(thawErr == nil)
-		return rep, fmt.Errorf("%w: %v (thawed at once)", ErrWatchdog, err)
+		return rep, errors.Join(fmt.Errorf("%w: %v (thawed at once)", ErrWatchdog, err), thawErr)
 	}
 
 	deadline := s.deadline()
@@ -287,7 +287,7 @@ func (s *Sequencer) runFrozen(ctx context.Context, dir, dev *os.File, wd *watchd
 		cancel(cutErr)
 		res = <-done
 	}
-	wdErr := wd.finish(thawErr == nil)
+	wdCode, wdNote := wd.finish(thawErr == nil)
 	rep.FlushBuffers, rep.FlushTracer, rep.Critical = res.flush, res.tracer, res.critics
 
 	if res.panicked {
@@ -299,14 +299,15 @@ func (s *Sequencer) runFrozen(ctx context.Context, dir, dev *os.File, wd *watchd
 		errs = append(errs, cutErr)
 	}
 	if thawErr != nil {
-		if errors.Is(thawErr, unix.EINVAL) {
+		switch {
+		case errors.Is(thawErr, unix.EINVAL):
 			// Someone thawed it before us: the freeze did not cover the
 			// whole critical section.
-			thawErr = fmt.Errorf("%w: %s was thawed by someone else while frozen (%v)", ErrNotConsistent, rep.MountPoint, wdErr)
-		} else if wdErr == nil {
-			thawErr = fmt.Errorf("%w; the watchdog thawed it", thawErr)
-		} else {
-			thawErr = fmt.Errorf("%w; the watchdog could not thaw it either: %v", thawErr, wdErr)
+			thawErr = fmt.Errorf("%w: %s was thawed by someone else while frozen (%s)", ErrNotConsistent, rep.MountPoint, wdNote)
+		case wdCode == wdExitThawed || wdCode == wdExitNotFrozen:
+			thawErr = fmt.Errorf("%w; %s", thawErr, wdNote)
+		default:
+			thawErr = fmt.Errorf("%w; the watchdog could not thaw it either (%s): %s may still be frozen, try fsfreeze --unfreeze", thawErr, wdNote, rep.MountPoint)
 		}
 		if cutErr == nil {
 			errs = append(errs, thawErr)

@@ -177,6 +177,19 @@ func TestSequencerErrorsAndCancellation(t *testing.T) {
 		t.Errorf("cancelled: %v, %+v", err, rep)
 	}
 
+	// Someone else thaws during the critical section: the sequencer's own
+	// FITHAW finds it thawed, and the copy is not consistent.
+	_, err = (&Sequencer{Device: d.Path}).Run(context.Background(), func(context.Context) error {
+		out, err := exec.Command("fsfreeze", "--unfreeze", d.MountPoint).CombinedOutput()
+		if err != nil {
+			t.Errorf("fsfreeze --unfreeze: %v: %s", err, out)
+		}
+		return nil
+	})
+	if !errors.Is(err, ErrNotConsistent) || !strings.Contains(err.Error(), "thawed by someone else") {
+		t.Errorf("thawed under the sequencer: %v", err)
+	}
+
 	_, err = (&Sequencer{Device: d.Path}).Run(context.Background(), func(context.Context) error {
 		runtime.Goexit()
 		return nil

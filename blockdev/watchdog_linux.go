@@ -129,8 +129,9 @@ func (w *watchdog) disarm() {
 
 // finish ends the watchdog after the parent's thaw. When that thaw
 // failed, the child is left to try its own (closing the pipe without T
-// arms it), and finish reports how that went.
-func (w *watchdog) finish(parentThawed bool) error {
+// makes an armed child thaw). It returns the child's exit code and what it
+// means, for error messages.
+func (w *watchdog) finish(parentThawed bool) (int, string) {
 	if parentThawed {
 		_ = w.send("T")
 	}
@@ -138,13 +139,13 @@ func (w *watchdog) finish(parentThawed bool) error {
 	code := w.cmd.ProcessState.ExitCode()
 	switch code {
 	case wdExitDone:
-		return nil
+		return code, "the watchdog did nothing"
 	case wdExitThawed:
-		return errors.New("the watchdog thawed it")
+		return code, "the watchdog thawed it"
 	case wdExitNotFrozen:
-		return errors.New("the watchdog found it thawed")
+		return code, "the watchdog found it thawed"
 	default:
-		return fmt.Errorf("watchdog: %v", w.waitErr)
+		return code, fmt.Sprintf("watchdog: %v", w.waitErr)
 	}
 }
 

@@ -10,13 +10,11 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/blockimage/blockimage/internal/reexec"
-	"github.com/blockimage/blockimage/internal/testenv"
 	"golang.org/x/sys/unix"
 )
 
@@ -206,9 +204,6 @@ func readAll(ctx context.Context, dev string) error {
 
 var filesystems = []string{"ext4", "xfs"}
 
-// pidString is for logs.
-func pidString(cmd *exec.Cmd) string { return strconv.Itoa(cmd.Process.Pid) }
-
 // imageContains reports whether the sparse image file holds data, in its
 // allocated parts only (SEEK_DATA, SEEK_HOLE).
 func imageContains(path string, data []byte) (bool, error) {
@@ -242,4 +237,3 @@ func imageContains(path string, data []byte) (bool, error) {
 	}
 }
 
-var _ = testenv.InCI

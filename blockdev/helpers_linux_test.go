@@ -236,4 +236,3 @@ func imageContains(path string, data []byte) (bool, error) {
 		off = end
 	}
 }
-

@@ -41,6 +41,12 @@ type Backup struct {
 	atFreeze func(ctx context.Context) error
 }
 
+// DefaultFreezeTarget is how long the agent aims to keep a filesystem
+// frozen: it keeps copying live until the rest fits in it at the speed of
+// the last pass (see engine.Options.FreezeTarget), well inside package
+// blockdev's 10-second deadline.
+const DefaultFreezeTarget = time.Second
+
 // DefaultSingleFreezeDeadline bounds the freeze of a mounted device copied
 // without a tracer, which lasts the whole copy.
 const DefaultSingleFreezeDeadline = 10 * time.Minute
@@ -176,6 +182,9 @@ func (p *Platform) Run(ctx context.Context, b Backup) (res agentapi.Result, err 
 	}
 
 	o := b.Engine
+	if o.FreezeTarget == 0 {
+		o.FreezeTarget = DefaultFreezeTarget
+	}
 	o.RateLimit = req.RateLimit
 	o.Progress = func(ep engine.Progress) {
 		progress(agentapi.Progress{Phase: ep.Phase, Pass: ep.Pass, BytesTotal: ep.BytesTotal, BytesDone: ep.BytesDone, BytesSent: counting.sent.Load()})

@@ -64,6 +64,11 @@ type Options struct {
 	// pass runs frozen. Default 64 MiB, roughly a second of copying on a
 	// slow link, which bounds the freeze window.
 	ConvergeBytes int64
+	// FreezeTarget, when positive, is how long the frozen pass should
+	// take: the convergence threshold shrinks below ConvergeBytes to what
+	// the last live pass copied in that time, so that a slow target does
+	// not stretch the freeze. 0 disables it.
+	FreezeTarget time.Duration
 	// MaxLivePasses bounds the passes made while the filesystem is live
 	// (the first copy included); when writes do not converge the agent
 	// freezes anyway after them and reports it. Default 8.
@@ -122,11 +127,17 @@ func Run(ctx context.Context, src io.ReaderAt, sink Sink, log ChangeLog, freeze 
 		if pass == 1 {
 			phase = "copying"
 		}
+		passStart := time.Now()
 		if err := r.copyAll(ctx, phase, pass, work); err != nil {
 			return res, err
 		}
 		if err := sink.Flush(ctx); err != nil {
 			return res, fmt.Errorf("engine: flushing the target after pass %d: %w", pass, err)
+		}
+		converge := o.ConvergeBytes
+		if elapsed := time.Since(passStart); o.FreezeTarget > 0 && elapsed > 0 && total(work) > 0 {
+			rate := float64(total(work)) / elapsed.Seconds()
+			converge = min(converge, max(int64(rate*o.FreezeTarget.Seconds()), int64(o.ChunkSize)))
 		}
 		log.Acknowledge(work, epoch)
 		if ok, why := log.Complete(); !ok {
@@ -137,7 +148,7 @@ func Run(ctx context.Context, src io.ReaderAt, sink Sink, log ChangeLog, freeze 
 		}
 		epoch = log.Cut()
 		work = mergeExtents(log.Pending(epoch))
-		if total(work) <= o.ConvergeBytes {
+		if total(work) <= converge {
 			res.Converged = true
 			break
 		}

@@ -1,6 +1,9 @@
 package blockdev
 
-import "errors"
+import (
+	"errors"
+	"os"
+)
 
 // ErrNotBlockDevice is returned when a path that must name a block device,
 // or lie on a filesystem backed by one, does not.
@@ -12,9 +15,21 @@ var ErrNotBlockDevice = errors.New("blockdev: not a block device")
 // are matched by device number (major:minor), not by the source string, so
 // a device mounted under another name, a loop device, and every bind mount
 // of it are all found. The result is empty when the device is not mounted.
-// A path that is not a block device gives an error wrapping
-// [ErrNotBlockDevice].
-func MountsOf(device string) ([]Mount, error) { return mountsOf(device) }
+// For a regular file, the result is the mounts of the loop devices it is
+// attached to (see [LoopDevicesOf]). Any other path gives an error
+// wrapping [ErrNotBlockDevice].
+func MountsOf(device string) ([]Mount, error) {
+	if st, err := os.Stat(device); err == nil && st.Mode().IsRegular() {
+		return mountsOfImage(device)
+	}
+	return mountsOf(device)
+}
+
+// LoopDevicesOf returns the loop devices (/dev/loopN) attached to the
+// regular file file, matched by device and inode number
+// (LOOP_GET_STATUS64, see loop(4)), so another path to the same file
+// matches too. The result is empty when none is attached.
+func LoopDevicesOf(file string) ([]string, error) { return loopDevicesOf(file) }
 
 // DeviceOf returns the block device (/dev/NAME) holding the filesystem
 // that path, any file or directory on it, belongs to, and the mount that

@@ -59,6 +59,26 @@ func TestMountsOfLoopAndBindMounts(t *testing.T) {
 		t.Errorf("MountsOf(symlink) = %d mounts, %v", len(ms), err)
 	}
 
+	// The image file behind the loop device leads to the same mounts,
+	// also through a hard link.
+	if devs, err := LoopDevicesOf(d.Image); err != nil || len(devs) != 1 || devs[0] != d.Path {
+		t.Errorf("LoopDevicesOf(image) = %q, %v", devs, err)
+	}
+	hard := d.Image + ".link"
+	if err := os.Link(d.Image, hard); err != nil {
+		t.Fatal(err)
+	}
+	if ms, err := MountsOf(hard); err != nil || len(ms) != 2 || ms[0].Source != d.Path {
+		t.Errorf("MountsOf(image) = %+v, %v", ms, err)
+	}
+	other := filepath.Join(testenv.TempDir(t), "other.img")
+	if err := os.WriteFile(other, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if devs, err := LoopDevicesOf(other); err != nil || len(devs) != 0 {
+		t.Errorf("LoopDevicesOf(unattached) = %q, %v", devs, err)
+	}
+
 	d.Unmount(t)
 	exec.Command("umount", bind).Run()
 	if ms, err := MountsOf(d.Path); err != nil || len(ms) != 0 {

@@ -313,3 +313,28 @@ func TestMergeExtents(t *testing.T) {
 		}
 	}
 }
+
+// A freeze target the target's speed cannot meet keeps the engine copying
+// live, instead of freezing once ConvergeBytes is reached.
+func TestFreezeTargetShrinksTheThreshold(t *testing.T) {
+	const size = 1 << 20
+	for _, target := range []time.Duration{0, time.Nanosecond} {
+		d := newDevice(size, 13)
+		sink := &memSink{written: make([]byte, size), stable: make([]byte, size)}
+		log := &busyLog{fakeLog: d.log, d: d, rng: rand.New(rand.NewPCG(5, 5))}
+		// Default ConvergeBytes (64 MiB) covers every pending set here.
+		res, err := Run(context.Background(), d, sink, log, d.freeze, []Extent{{0, size}}, Options{FreezeTarget: target, MaxLivePasses: 3, ChunkSize: 4096})
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch {
+		case target == 0 && (!res.Converged || res.Passes != 2):
+			t.Fatalf("no freeze target: %+v, want convergence after one live pass", res)
+		case target > 0 && (res.Converged || res.Passes != 4):
+			t.Fatalf("freeze target %v: %+v, want three live passes, then the frozen one", target, res)
+		}
+		if !bytes.Equal(sink.stable, d.frozen) {
+			t.Fatal("target differs from the freeze point")
+		}
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -63,7 +64,11 @@ func cmdBackup(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		fmt.Fprintf(stderr, "linuxagent backup: %v\n", err)
 		return 2
 	}
-	req := agentapi.BackupRequest{Device: pos[0], Target: *to, Mode: agentapi.Mode(*mode), RateLimit: limit}
+	// The daemon has a working directory of its own: send it absolute paths.
+	req := agentapi.BackupRequest{Device: absPath(pos[0]), Target: *to, Mode: agentapi.Mode(*mode), RateLimit: limit}
+	if !agent.IsNBDURI(req.Target) {
+		req.Target = absPath(req.Target)
+	}
 	if !req.Mode.Valid() {
 		fmt.Fprintf(stderr, "linuxagent backup: unknown mode %q: want full, diff or incremental\n", *mode)
 		return 2
@@ -95,6 +100,13 @@ func cmdBackup(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	}
 	printResult(stdout, req, res)
 	return 0
+}
+
+func absPath(p string) string {
+	if abs, err := filepath.Abs(p); err == nil {
+		return abs
+	}
+	return p
 }
 
 func tracks(ctx context.Context, c *agentapi.Client, device string) bool {

@@ -245,6 +245,7 @@ func trackCommand(ctx context.Context, name string, args []string, stdout, stder
 	if err != nil {
 		return exitErr(stderr, err)
 	}
+	pos[0] = absPath(pos[0])
 	if name == "untrack" {
 		if err := c.Untrack(ctx, pos[0]); err != nil {
 			return exitErr(stderr, err)

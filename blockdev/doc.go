@@ -75,7 +75,14 @@
 //     program could hang paging itself in, and the machine with it.
 //     Sequencer.AllowSelf overrides this.
 //   - A device that is not mounted is not frozen: the flushes and the
-//     critical section run, and the Report says Frozen is false.
+//     critical section run, and the Report says Frozen is false. "Not
+//     mounted" is checked by the kernel, not only by our mountinfo: the
+//     device is opened with O_EXCL, which fails if it is mounted in any
+//     mount namespace, or held by device-mapper, RAID or swap, and which,
+//     held open, keeps anyone from mounting it until the sequence ends. A
+//     whole disk with a mounted partition is refused with [ErrInUse].
+//   - Other fatal signals (SIGHUP, SIGQUIT, a crash) are not caught: the
+//     process dies and the watchdog thaws, as after SIGKILL.
 //   - A filesystem mounted several times (bind mounts) shares one
 //     superblock and is frozen once, through the mount of its root if
 //     there is one. One already frozen by someone else is not touched:

@@ -27,17 +27,29 @@ func (s *Sequencer) run(ctx context.Context, critical func(context.Context) erro
 	if err != nil {
 		return rep, err
 	}
+	if len(mounts) == 0 {
+		if err := checkUnmountedUse(major, minor); err != nil {
+			return rep, fmt.Errorf("%w (nothing was frozen)", err)
+		}
+		// Not mounted here; O_EXCL makes sure it is not mounted anywhere
+		// (another mount namespace does not show in our mountinfo) nor
+		// held, and, held open, that nobody mounts or claims it until the
+		// sequence ends.
+		dev, err := os.OpenFile(s.Device, os.O_RDONLY|unix.O_EXCL|unix.O_CLOEXEC, 0)
+		if errors.Is(err, unix.EBUSY) {
+			return rep, fmt.Errorf("%w: %s is not mounted in this mount namespace but is busy (mounted elsewhere or held): %v", ErrInUse, s.Device, err)
+		}
+		if err != nil {
+			return rep, err
+		}
+		defer dev.Close()
+		return s.runUnmounted(ctx, dev, critical, rep)
+	}
 	dev, err := os.OpenFile(s.Device, os.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return rep, err
 	}
 	defer dev.Close()
-	if len(mounts) == 0 {
-		if err := checkUnmountedUse(major, minor); err != nil {
-			return rep, fmt.Errorf("%w (nothing was frozen)", err)
-		}
-		return s.runUnmounted(ctx, dev, major, minor, critical, rep)
-	}
 	m := pickMount(mounts)
 	if !s.AllowSelf {
 		if err := refuseSelf(major, minor, mounts); err != nil {
@@ -126,8 +138,9 @@ func openMountPoint(mp string, major, minor uint32) (*os.File, error) {
 	return f, nil
 }
 
-// runUnmounted is the sequence without a filesystem to freeze.
-func (s *Sequencer) runUnmounted(ctx context.Context, dev *os.File, major, minor uint32, critical func(context.Context) error, rep Report) (Report, error) {
+// runUnmounted is the sequence without a filesystem to freeze, on dev
+// opened with O_EXCL.
+func (s *Sequencer) runUnmounted(ctx context.Context, dev *os.File, critical func(context.Context) error, rep Report) (Report, error) {
 	t := time.Now()
 	if err := flushBuffers(dev); err != nil {
 		return rep, err
@@ -145,11 +158,6 @@ func (s *Sequencer) runUnmounted(ctx context.Context, dev *os.File, major, minor
 	rep.Critical = time.Since(t)
 	if err != nil {
 		return rep, err
-	}
-	// Nothing stopped a mount meanwhile; if one happened, writes may
-	// have gone around the flushes.
-	if mounts, merr := readMounts(func(m *Mount) bool { return m.Major == major && m.Minor == minor }); merr == nil && len(mounts) > 0 {
-		return rep, fmt.Errorf("%w: %s was mounted on %s during the sequence", ErrNotConsistent, s.Device, mounts[0].MountPoint)
 	}
 	s.logf("blockdev: %s is not mounted: flushed buffers and ran the critical section in %v", s.Device, rep.FlushBuffers+rep.FlushTracer+rep.Critical)
 	return rep, nil

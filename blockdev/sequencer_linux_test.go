@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/binary"
 	"errors"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -342,5 +343,48 @@ func TestSequencerRefusesDeviceInUse(t *testing.T) {
 	rep, err := (&Sequencer{Device: part.Path}).Run(context.Background(), func(context.Context) error { return nil })
 	if err != nil || !rep.Frozen {
 		t.Fatalf("Run on the partition = %v, %+v", err, rep)
+	}
+}
+
+// TestSequencerDeviceMountedInAnotherNamespace: a filesystem mounted only
+// in another mount namespace is invisible in our mountinfo; the exclusive
+// open still finds the device busy, so it is not taken for idle.
+func TestSequencerDeviceMountedInAnotherNamespace(t *testing.T) {
+	testenv.Require(t, testenv.Root, testenv.LoopDevices, testenv.Commands("unshare"), testenv.Mkfs("ext4"), testenv.Mountable("ext4"))
+	loop := testenv.NewLoopDevice(t, 64<<20)
+	loop.Mkfs(t, "ext4")
+	mp := testenv.TempDir(t)
+	// The mount lives as long as this shell, whose namespace dies with it.
+	sh := exec.Command("unshare", "--mount", "--propagation", "private", "sh", "-c",
+		`mount -t ext4 "$0" "$1" && echo mounted && read x`, loop.Path, mp)
+	in, err := sh.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := sh.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sh.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { in.Close(); sh.Wait() })
+	line := make([]byte, 8)
+	if _, err := io.ReadFull(out, line); err != nil || string(line) != "mounted\n" {
+		t.Fatalf("mount in a new namespace: %q, %v", line, err)
+	}
+	if ms, err := MountsOf(loop.Path); err != nil || len(ms) != 0 {
+		t.Fatalf("the mount is visible here: %+v, %v", ms, err)
+	}
+	called := false
+	_, err = (&Sequencer{Device: loop.Path}).Run(context.Background(), func(context.Context) error { called = true; return nil })
+	if !errors.Is(err, ErrInUse) || called {
+		t.Fatalf("Run = %v (critical called %v), want ErrInUse", err, called)
+	}
+	in.Close()
+	sh.Wait()
+	rep, err := (&Sequencer{Device: loop.Path}).Run(context.Background(), func(context.Context) error { return nil })
+	if err != nil || rep.Frozen {
+		t.Fatalf("after the namespace is gone: %v, %+v", err, rep)
 	}
 }

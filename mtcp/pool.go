@@ -64,6 +64,7 @@ type pool struct {
 	out    io.Writer
 	in     <-chan *chunk
 	slots  <-chan struct{} // receive one per written chunk, to let Write go on
+	free   chan<- []byte   // written chunks' buffers, for Write to reuse
 
 	children map[uint32]*child
 	events   chan event
@@ -218,6 +219,12 @@ func (p *pool) handle(ev event) error {
 		p.records = append(p.records, rec)
 		p.inBytes += int64(len(c.chunk.data))
 		p.next++
+		if c.chunk.tries == 0 { // else a dead child's writer may still read it
+			select {
+			case p.free <- c.chunk.data[:0]:
+			default:
+			}
+		}
 		c.state, c.chunk = stReturning, nil
 		<-p.slots
 		if p.o.Progress != nil {

@@ -20,11 +20,14 @@ type Writer struct {
 	nextID   uint64
 	chunks   chan *chunk
 	slots    chan struct{}
+	free     chan []byte
 	done     chan struct{}
 	err      error // the pool's result, set before done closes
 	closed   bool
 	once     sync.Once
 }
+
+var _ io.WriteCloser = (*Writer)(nil)
 
 // ErrClosed is returned by Write after Close.
 var ErrClosed = errors.New("mtcp: writer closed")
@@ -56,6 +59,7 @@ func NewWriter(ctx context.Context, w io.Writer, o Options) (*Writer, error) {
 		children: n,
 		chunks:   make(chan *chunk),
 		slots:    make(chan struct{}, 2*n),
+		free:     make(chan []byte, 2),
 		done:     make(chan struct{}),
 	}
 	p := &pool{
@@ -64,6 +68,7 @@ func NewWriter(ctx context.Context, w io.Writer, o Options) (*Writer, error) {
 		out:      w,
 		in:       wr.chunks,
 		slots:    wr.slots,
+		free:     wr.free,
 		children: map[uint32]*child{},
 		events:   make(chan event, 16),
 	}
@@ -81,7 +86,8 @@ func (w *Writer) Children() int { return w.children }
 func (w *Writer) ChunkSize() int { return w.o.ChunkSize }
 
 // Write buffers p into chunks and hands each full chunk to the pool. It
-// blocks while 2 chunks per child are in flight.
+// blocks while 2 chunks per child are in flight, so the control process
+// holds at most (2 × children + 1) chunks, plus one Block being written.
 func (w *Writer) Write(p []byte) (int, error) {
 	if w.closed {
 		return 0, ErrClosed
@@ -89,7 +95,11 @@ func (w *Writer) Write(p []byte) (int, error) {
 	n := 0
 	for len(p) > 0 {
 		if w.buf == nil {
-			w.buf = make([]byte, 0, w.o.ChunkSize)
+			select {
+			case w.buf = <-w.free:
+			default:
+				w.buf = make([]byte, 0, w.o.ChunkSize)
+			}
 		}
 		k := min(len(p), w.o.ChunkSize-len(w.buf))
 		w.buf = append(w.buf, p[:k]...)

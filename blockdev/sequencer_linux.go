@@ -234,6 +234,9 @@ func (s *Sequencer) runFrozen(ctx context.Context, dir, dev *os.File, wd *watchd
 		}
 	}()
 
+	if err := ctx.Err(); err != nil { // cancelled while starting: do not freeze for nothing
+		return rep, err
+	}
 	if err := wd.arm(); err != nil {
 		return rep, fmt.Errorf("%w: %v (nothing was frozen)", ErrWatchdog, err)
 	}

@@ -74,6 +74,7 @@ type pool struct {
 	inBytes  int64
 	outBytes int64
 	deaths   int
+	ready    bool // some child has sent its first idle
 	inputEnd bool
 	total    uint64 // chunks submitted
 	wg       sync.WaitGroup
@@ -198,7 +199,7 @@ func (p *pool) handle(ev event) error {
 	}
 	switch {
 	case m.Kind == MsgIdle && (c.state == stStarting || c.state == stReturning):
-		c.state = stIdle
+		c.state, p.ready = stIdle, true
 	case m.Kind == MsgDone && c.state == stBusy:
 		if m.Chunk != c.chunk.id {
 			return bad("done with chunk %d, was given %d", m.Chunk, c.chunk.id)
@@ -260,8 +261,6 @@ func (p *pool) lost(c *child, readErr error) error {
 		return nil
 	case errors.As(readErr, &perr):
 		return readErr
-	case state == stStarting:
-		return fmt.Errorf("mtcp: child %d exited before it was ready (does main call mtcp.Main first?): %v %s", c.pid, waitErr, c.stderr.String())
 	}
 	p.deaths++
 	p.o.Logf("mtcp: child %d died (%v; %v) %s", c.pid, readErr, waitErr, c.stderr.String())
@@ -274,6 +273,11 @@ func (p *pool) lost(c *child, readErr error) error {
 		p.pending = slices.Insert(p.pending, i, ch)
 	}
 	if p.deaths > 4*p.target+4 {
+		if !p.ready {
+			// A child that dies before its first message is usually the
+			// program itself, re-executed by a main that lacks mtcp.Main.
+			return fmt.Errorf("mtcp: %d children exited before they were ready (does main call mtcp.Main first?): last %v %s", p.deaths, waitErr, c.stderr.String())
+		}
 		return fmt.Errorf("mtcp: %d children died, giving up: last %v %s", p.deaths, waitErr, c.stderr.String())
 	}
 	return nil

@@ -33,8 +33,8 @@ const (
 // Action codes (the low byte of the action) and categories (the bits from
 // BLK_TC_SHIFT up; in version 8 they extend above bit 31).
 const (
-	ActQueue    = 1  // __BLK_TA_QUEUE: a bio entered the block layer
-	ActComplete = 8  // __BLK_TA_COMPLETE: the driver completed (part of) a request
+	ActQueue    = 1 // __BLK_TA_QUEUE: a bio entered the block layer
+	ActComplete = 8 // __BLK_TA_COMPLETE: the driver completed (part of) a request
 	actCgroup   = 1 << 8
 
 	tcShift        = 16

@@ -202,8 +202,8 @@ func TestParseSyntheticPage(t *testing.T) {
 	p.hdr(typeTimeStamp, 7) // absolute: 1<<27 | 7
 	p.b = binary.LittleEndian.AppendUint32(p.b, 1)
 	p.event(0, ftracePayload(v8(0, 300, 1024, act(ActComplete, TCWrite|tcComplete), []byte{1, 2, 3, 4, 5, 6, 7, 8, 1, 2, 3, 4, 5, 6, 7, 8, 1, 2, 3, 4, 5, 6, 7, 8, 1, 2, 3, 4, 5, 6, 7, 8, 1, 2, 3, 4, 5, 6, 7, 8, 1, 2, 3, 4, 5, 6, 7, 8})), false)
-	p.hdr(typePadding, 0) // rest of the page
-	page := p.finish(missedEvents|missedStored, 4096)
+	p.hdr(typePadding, 0)                                                // rest of the page
+	page := p.finish(0xffffffff00000000|missedEvents|missedStored, 4096) // sign-extended, as the kernel writes it
 	binary.LittleEndian.PutUint64(page[pageHeaderLen+binary.LittleEndian.Uint64(page[8:])&0xffffff:], 77)
 
 	type ev struct {

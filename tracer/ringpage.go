@@ -59,10 +59,14 @@ func ParsePage(page []byte, fn func(ts uint64, data []byte) error) (PageInfo, er
 		return info, fmt.Errorf("%w: ring page of %d bytes", ErrBadRecord, len(page))
 	}
 	info.TimeStamp = binary.LittleEndian.Uint64(page)
+	// The kernel adds the flags to the 64-bit local_t as C ints, so
+	// RB_MISSED_EVENTS (1 << 31) arrives sign-extended: only the low 32
+	// bits are meaningful (a page is far smaller than 1 GiB).
 	commit := binary.LittleEndian.Uint64(page[8:])
-	info.Missed = commit&missedEvents != 0
-	stored := commit&missedStored != 0
-	length := commit &^ (missedEvents | missedStored)
+	low := uint32(commit)
+	info.Missed = low&missedEvents != 0
+	stored := low&missedStored != 0
+	length := uint64(low &^ (missedEvents | missedStored))
 	if length > uint64(len(page)-pageHeaderLen) {
 		return info, fmt.Errorf("%w: ring page commit %#x beyond its %d bytes", ErrBadRecord, commit, len(page))
 	}

@@ -1,0 +1,170 @@
+package tracer
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// A cpuReader drains one CPU's kernel buffer (a trace_pipe_raw or a relay
+// file, opened non-blocking) on its own goroutine. It sleeps in poll(2)
+// until the kernel says data is ready, a flush request arrives (through an
+// eventfd), or the poll interval passes, and then drains the buffer until
+// the kernel has nothing more.
+type cpuReader struct {
+	cpu   int
+	fd    int // non-blocking trace file
+	efd   int // eventfd: wakes the goroutine for flush and stop
+	drain func() error
+	reqs  chan chan error
+	stopc chan struct{}
+	done  chan struct{}
+}
+
+func newCPUReader(cpu, fd int, drain func() error) (*cpuReader, error) {
+	efd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		return nil, fmt.Errorf("tracer: eventfd: %w", err)
+	}
+	return &cpuReader{
+		cpu: cpu, fd: fd, efd: efd, drain: drain,
+		reqs:  make(chan chan error, 64),
+		stopc: make(chan struct{}),
+		done:  make(chan struct{}),
+	}, nil
+}
+
+func (c *cpuReader) wake() {
+	var one [8]byte
+	binary.LittleEndian.PutUint64(one[:], 1)
+	unix.Write(c.efd, one[:])
+}
+
+// run is the reader's goroutine; idle is called after each drain (for
+// loss-counter checks).
+func (c *cpuReader) run(interval time.Duration, idle func()) {
+	defer close(c.done)
+	fds := []unix.PollFd{{Fd: int32(c.fd), Events: unix.POLLIN}, {Fd: int32(c.efd), Events: unix.POLLIN}}
+	ms := int(interval / time.Millisecond)
+	if ms < 1 {
+		ms = 1
+	}
+	var buf [8]byte
+	for {
+		_, err := unix.Poll(fds, ms)
+		if err != nil && err != unix.EINTR {
+			// Poll on these files does not fail in practice; fall back
+			// to the interval so nothing spins.
+			time.Sleep(interval)
+		}
+		unix.Read(c.efd, buf[:])
+		// Take the pending flush requests before draining: their
+		// barrier is this drain, which starts after they were made.
+		var waiters []chan error
+	collect:
+		for {
+			select {
+			case w := <-c.reqs:
+				waiters = append(waiters, w)
+			default:
+				break collect
+			}
+		}
+		stopping := false
+		select {
+		case <-c.stopc:
+			stopping = true
+		default:
+		}
+		if h := testHookBeforeDrain; h != nil {
+			h(c.cpu)
+		}
+		err = c.drain()
+		if idle != nil {
+			idle()
+		}
+		for _, w := range waiters {
+			w <- err
+		}
+		if stopping {
+			return
+		}
+	}
+}
+
+// testHookBeforeDrain, when set by a test before Start, runs on each
+// reader's goroutine before each drain: the overrun test uses it to stall
+// the readers as a starved machine would.
+var testHookBeforeDrain func(cpu int)
+
+// flushAll asks each reader for a drain that starts after this call and
+// waits for all of them.
+func flushAll(ctx context.Context, readers []*cpuReader) error {
+	waits := make([]chan error, len(readers))
+	for i, r := range readers {
+		w := make(chan error, 1)
+		select {
+		case r.reqs <- w:
+		case <-r.done:
+			return ErrStopped
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		r.wake()
+		waits[i] = w
+	}
+	var errs []error
+	for i, w := range waits {
+		select {
+		case err := <-w:
+			if err != nil {
+				errs = append(errs, fmt.Errorf("cpu%d: %w", readers[i].cpu, err))
+			}
+		case <-readers[i].done:
+			return ErrStopped
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// stopAll makes each reader drain one last time and exit, then closes the
+// files.
+func stopAll(readers []*cpuReader) {
+	var wg sync.WaitGroup
+	for _, r := range readers {
+		close(r.stopc)
+		r.wake()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-r.done
+			unix.Close(r.fd)
+			unix.Close(r.efd)
+		}()
+	}
+	wg.Wait()
+}
+
+// readNonblock reads once, retrying on EINTR; it returns 0, nil when the
+// kernel has nothing (EAGAIN or end of data).
+func readNonblock(fd int, p []byte) (int, error) {
+	for {
+		n, err := unix.Read(fd, p)
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err == unix.EAGAIN:
+			return 0, nil
+		case err != nil:
+			return 0, err
+		}
+		return n, nil
+	}
+}

@@ -1,0 +1,200 @@
+package tracer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+)
+
+// A Source is the kernel interface a Tracer reads.
+type Source int
+
+const (
+	// Auto tries Classic and falls back to Ftrace when the relay files
+	// cannot be opened (as on kernels and machines where debugfs relay
+	// files are locked down).
+	Auto Source = iota
+	// Classic is blktrace: BLKTRACESETUP/START/STOP/TEARDOWN on the
+	// device and one relay file per CPU under debugfs
+	// (block/NAME/traceN), with the relay's dropped counter.
+	Classic
+	// Ftrace is the ftrace "blk" tracer: current_tracer=blk,
+	// /sys/block/DISK/trace/enable=1, and the per-CPU trace_pipe_raw
+	// ring-buffer pages, with the overrun and dropped counters of
+	// per_cpu/cpuN/stats.
+	Ftrace
+)
+
+func (s Source) String() string {
+	switch s {
+	case Auto:
+		return "auto"
+	case Classic:
+		return "classic"
+	case Ftrace:
+		return "ftrace"
+	}
+	return fmt.Sprintf("Source(%d)", int(s))
+}
+
+// Options configure Start. The zero value works.
+type Options struct {
+	// BlockSize of the Set, a power of two from 512 bytes. Default 4096.
+	BlockSize int
+	// Source selects the kernel interface. Default Auto.
+	Source Source
+	// Set continues tracking into an existing set, typically one read
+	// back with ReadSet after a restart. Its device size and block size
+	// must match the device. Writes between the end of the previous trace
+	// and this Start are unknown, so such a set is marked incomplete.
+	// Default: a new, complete set.
+	Set *Set
+	// PollInterval bounds how long events wait in the kernel's buffers
+	// before they are read when the buffers are quiet, and how often
+	// loss counters are checked. Default 50ms. A busy buffer wakes the
+	// reader earlier (trace_pipe_raw's buffer_percent).
+	PollInterval time.Duration
+	// BufferSizeKB, when not 0, sets the per-CPU ftrace ring size
+	// (buffer_size_kb) or the classic relay sub-buffer size for the time
+	// of the trace; the previous ftrace size is restored by Stop.
+	// Default: leave the kernel's size (ftrace) or 512 KiB x 4 (classic).
+	BufferSizeKB int
+}
+
+func (o *Options) defaults() error {
+	if o.BlockSize == 0 {
+		o.BlockSize = DefaultBlockSize
+	}
+	if bs := int64(o.BlockSize); bs < 512 || bs&(bs-1) != 0 || bs > 1<<30 {
+		return fmt.Errorf("tracer: block size %d is not a power of two between 512 and 1 GiB", o.BlockSize)
+	}
+	if o.PollInterval <= 0 {
+		o.PollInterval = 50 * time.Millisecond
+	}
+	if o.BufferSizeKB < 0 {
+		return fmt.Errorf("tracer: negative buffer size %d", o.BufferSizeKB)
+	}
+	return nil
+}
+
+// Errors callers branch on.
+var (
+	// ErrBusy: another tool uses ftrace or blktrace on this machine or
+	// device; we refuse rather than trample its settings.
+	ErrBusy = errors.New("tracer: tracing is in use by another tool")
+	// ErrUnavailable: the kernel offers no usable source (no blktrace
+	// support, relay files locked down and Source is Classic, a zoned
+	// device, not root...).
+	ErrUnavailable = errors.New("tracer: block tracing is unavailable")
+	// ErrStopped: the Tracer was stopped.
+	ErrStopped = errors.New("tracer: stopped")
+)
+
+// A Tracer records the changed blocks of one block device into a Set.
+//
+// # The flush barrier
+//
+// Flush is the third flush of a consistent backup, after the freeze
+// (FIFREEZE, which writes back and blocks the filesystem) and BLKFLSBUF
+// (which writes back the device's page cache): it guarantees that every
+// write that completed before Flush was called is in the Set. The original
+// design calls it CpuTracer::FlushBuffer. It rests on three facts:
+//
+//  1. Each data-changing bio emits its queue event into the ring buffer of
+//     the CPU that submits it, in the submitter's context, before the I/O
+//     starts (see Classify). So once a write has completed, its event is
+//     committed in some CPU's buffer.
+//  2. Flush asks every CPU's reader to drain its buffer, and a reader
+//     starts that drain only after receiving the request, hence after Flush
+//     was called. It reads trace_pipe_raw (or the relay file) with
+//     non-blocking reads until the kernel answers EAGAIN (or 0 bytes):
+//     the buffer is empty at that moment, so every event committed before
+//     it, in particular every event of fact 1, has been read.
+//  3. Each page is parsed and applied to the Set before the reader
+//     acknowledges, and Flush returns only when every CPU has acknowledged.
+//
+// No marker event is needed, and no timing: the barrier is "the buffer was
+// seen empty after the call", per CPU. Events that arrive after a CPU's
+// drain belong to writes submitted after Flush was called, which the
+// caller, having frozen the filesystem, does not wait for. Flush also
+// checks the loss counters, so a Set that lost events during the epoch is
+// marked incomplete before the caller cuts it.
+//
+// Loss is never silent: overwritten or dropped ring events, a page flagged
+// as following lost events, a sequence gap in classic records, a passthrough
+// or zone write of unknown range, another tool changing the tracing
+// settings, Stop, and resuming a saved Set all mark the Set incomplete.
+type Tracer struct {
+	set    *Set
+	device string
+	source Source
+	src    source
+
+	mu      sync.Mutex
+	stopped bool
+}
+
+// source is what the Linux sources implement.
+type source interface {
+	flush(ctx context.Context) error
+	stop() error
+}
+
+// Set returns the set the Tracer records into.
+func (t *Tracer) Set() *Set { return t.set }
+
+// Source returns the source in use, Classic or Ftrace.
+func (t *Tracer) Source() Source { return t.source }
+
+// Flush returns when every write that completed before the call is in the
+// set (see the type's documentation). It fails when ctx ends first or the
+// Tracer was stopped.
+func (t *Tracer) Flush(ctx context.Context) error {
+	t.mu.Lock()
+	stopped := t.stopped
+	t.mu.Unlock()
+	if stopped {
+		return ErrStopped
+	}
+	return t.src.flush(ctx)
+}
+
+// Cut flushes and then closes the set's open epoch, returning its number:
+// every write completed before the call is in that epoch or an earlier one.
+// Call it at the consistency point (filesystem frozen, BLKFLSBUF done).
+func (t *Tracer) Cut(ctx context.Context) (uint64, error) {
+	if err := t.Flush(ctx); err != nil {
+		return 0, err
+	}
+	return t.set.Cut(), nil
+}
+
+// Stop stops tracing, reads what is left in the kernel's buffers, and
+// restores every tracing setting Start changed. The set remains usable,
+// but it is marked incomplete: writes after Stop are not seen. Stop is
+// idempotent.
+func (t *Tracer) Stop() error {
+	t.mu.Lock()
+	if t.stopped {
+		t.mu.Unlock()
+		return nil
+	}
+	t.stopped = true
+	t.mu.Unlock()
+	err := t.src.stop()
+	t.set.MarkIncomplete("tracing of " + t.device + " stopped")
+	return err
+}
+
+// apply records one decoded event. partStart is the partition's first
+// byte on the whole disk.
+func apply(s *Set, r Record, partStart int64) {
+	switch c, off, l := Classify(r); c {
+	case RangeChanged:
+		s.Add(off-partStart, l)
+	case UnknownChange:
+		s.MarkIncomplete(fmt.Sprintf("write of unknown range (action %#x)", r.Action))
+	}
+}

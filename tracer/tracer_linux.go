@@ -1,0 +1,196 @@
+package tracer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+
+	"golang.org/x/sys/unix"
+)
+
+// A blockDevice is what Start learns about the device from sysfs.
+type blockDevice struct {
+	path      string
+	disk      string // whole disk name, e.g. loop0 or sda
+	diskDev   uint32 // kernel dev_t of the whole disk: major<<20 | minor
+	partStart int64  // bytes; 0 for a whole disk
+	size      int64  // bytes
+	diskSys   string // /sys/block/DISK
+}
+
+func kernelDev(major, minor uint32) uint32 { return major<<20 | minor }
+
+func readSysString(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", err
+	}
+	return strings.TrimSpace(string(b)), nil
+}
+
+func readSysInt(path string) (int64, error) {
+	s, err := readSysString(path)
+	if err != nil {
+		return 0, err
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("%s: %w", path, err)
+	}
+	return n, nil
+}
+
+func parseDev(s string) (uint32, error) {
+	ma, mi, ok := strings.Cut(s, ":")
+	if !ok {
+		return 0, fmt.Errorf("bad dev %q", s)
+	}
+	a, err1 := strconv.ParseUint(ma, 10, 12)
+	b, err2 := strconv.ParseUint(mi, 10, 20)
+	if err1 != nil || err2 != nil {
+		return 0, fmt.Errorf("bad dev %q", s)
+	}
+	return kernelDev(uint32(a), uint32(b)), nil
+}
+
+func lookupDevice(path string) (*blockDevice, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return nil, &os.PathError{Op: "stat", Path: path, Err: err}
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFBLK {
+		return nil, fmt.Errorf("tracer: %s is not a block device: %w", path, ErrUnavailable)
+	}
+	sys, err := filepath.EvalSymlinks(fmt.Sprintf("/sys/dev/block/%d:%d", unix.Major(st.Rdev), unix.Minor(st.Rdev)))
+	if err != nil {
+		return nil, fmt.Errorf("tracer: sysfs entry of %s: %w", path, err)
+	}
+	d := &blockDevice{path: path}
+	sectors, err := readSysInt(filepath.Join(sys, "size"))
+	if err != nil {
+		return nil, fmt.Errorf("tracer: size of %s: %w", path, err)
+	}
+	d.size = sectors * sectorSize
+	diskSys := sys
+	if _, err := os.Stat(filepath.Join(sys, "partition")); err == nil {
+		start, err := readSysInt(filepath.Join(sys, "start"))
+		if err != nil {
+			return nil, fmt.Errorf("tracer: start of partition %s: %w", path, err)
+		}
+		d.partStart = start * sectorSize
+		diskSys = filepath.Dir(sys)
+	}
+	d.disk = filepath.Base(diskSys)
+	dev, err := readSysString(filepath.Join(diskSys, "dev"))
+	if err != nil {
+		return nil, fmt.Errorf("tracer: dev of %s: %w", d.disk, err)
+	}
+	if d.diskDev, err = parseDev(dev); err != nil {
+		return nil, fmt.Errorf("tracer: %s: %w", d.disk, err)
+	}
+	d.diskSys = filepath.Join("/sys/block", d.disk)
+	if z, err := readSysString(filepath.Join(d.diskSys, "queue", "zoned")); err == nil && z != "none" {
+		// Zone appends and resets do not say which blocks they change,
+		// and version 7 traces drop zone operations altogether.
+		return nil, fmt.Errorf("tracer: %s is a zoned device (%s): %w", d.disk, z, ErrUnavailable)
+	}
+	return d, nil
+}
+
+// active makes sure one process runs one Tracer at a time: ftrace has a
+// single global blk tracer.
+var (
+	activeMu sync.Mutex
+	active   bool
+)
+
+// Start begins recording the writes to device, a block device (a whole
+// disk or a partition), into a Set, and returns once tracing is on: every
+// write submitted after Start returns is recorded. It must run as root. It
+// refuses with ErrBusy when another tool uses ftrace or blktrace.
+func Start(ctx context.Context, device string, o Options) (*Tracer, error) {
+	if err := o.defaults(); err != nil {
+		return nil, err
+	}
+	d, err := lookupDevice(device)
+	if err != nil {
+		return nil, err
+	}
+	set := o.Set
+	if set == nil {
+		set = NewSet(d.size, o.BlockSize)
+	} else {
+		if set.Size() != d.size || set.BlockSize() != o.BlockSize {
+			return nil, fmt.Errorf("tracer: set of %d bytes at %d-byte blocks for device of %d bytes at %d: %w",
+				set.Size(), set.BlockSize(), d.size, o.BlockSize, ErrGeometry)
+		}
+		set.MarkIncomplete("tracking resumed: writes before this start are unknown")
+	}
+	activeMu.Lock()
+	if active {
+		activeMu.Unlock()
+		return nil, fmt.Errorf("tracer: this process already traces a device: %w", ErrBusy)
+	}
+	active = true
+	activeMu.Unlock()
+	release := func() {
+		activeMu.Lock()
+		active = false
+		activeMu.Unlock()
+	}
+
+	t := &Tracer{set: set, device: device}
+	var classicErr error
+	if o.Source == Auto || o.Source == Classic {
+		src, err := startClassic(ctx, d, set, o)
+		if err == nil {
+			t.src, t.source = &releasing{src, release}, Classic
+			return t, nil
+		}
+		if o.Source == Classic || !errors.Is(err, errRelayUnavailable) {
+			release()
+			return nil, err
+		}
+		classicErr = err
+	}
+	src, err := startFtrace(ctx, d, set, o)
+	if err != nil {
+		release()
+		if classicErr != nil {
+			return nil, fmt.Errorf("%w (classic blktrace: %v)", err, classicErr)
+		}
+		return nil, err
+	}
+	t.src, t.source = &releasing{src, release}, Ftrace
+	return t, nil
+}
+
+// releasing frees the process-wide slot when its source stops.
+type releasing struct {
+	source
+	release func()
+}
+
+func (r *releasing) stop() error {
+	err := r.source.stop()
+	r.release()
+	return err
+}
+
+// writeFile writes a control file of tracefs or sysfs.
+func writeFile(path, value string) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_TRUNC, 0)
+	if err != nil {
+		return err
+	}
+	if _, err := f.WriteString(value); err != nil {
+		f.Close()
+		return fmt.Errorf("write %q to %s: %w", value, path, err)
+	}
+	return f.Close()
+}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"time"
 
 	"github.com/blockimage/blockimage/examples/linuxagent/internal/agentapi"
@@ -124,7 +123,7 @@ func (p *Platform) Run(ctx context.Context, b Backup) (res agentapi.Result, err 
 	// The change log must record before the metadata is read.
 	log, traced, singleFreeze := b.Changes, b.Changes != nil, false
 	if log == nil {
-		switch tr, err := p.startTracer(ctx, req.Device, image, nil); {
+		switch tr, err := p.startTracer(ctx, req.Device, image); {
 		case image:
 			log = &quietLog{}
 			note("%s is an image file: it is copied as it is and must not change during the backup", req.Device)
@@ -281,14 +280,14 @@ func (p *Platform) Run(ctx context.Context, b Backup) (res agentapi.Result, err 
 }
 
 // startTracer starts a tracer for a backup that has none from the daemon.
-func (p *Platform) startTracer(ctx context.Context, device string, image bool, saved io.Reader) (Tracer, error) {
+func (p *Platform) startTracer(ctx context.Context, device string, image bool) (Tracer, error) {
 	if image {
 		return nil, errors.New("an image file cannot be traced")
 	}
 	if p.StartTracer == nil {
 		return nil, fmt.Errorf("%w: package tracer", ErrUnavailable)
 	}
-	return p.StartTracer(ctx, device, saved)
+	return p.StartTracer(ctx, device)
 }
 
 // runDirectly is the freeze of a copy that already runs inside one.

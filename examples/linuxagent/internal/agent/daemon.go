@@ -1,10 +1,10 @@
 package agent
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
@@ -119,25 +119,24 @@ func (d *Daemon) Start(ctx context.Context, extra ...string) error {
 	return nil
 }
 
-// resume starts tracking a device the previous run tracked, continuing its
-// saved set when the device was not written in between.
+// resume starts tracking a device the previous run tracked. Its saved
+// set is adopted when the previous tracer missed nothing and the device
+// was not written while no tracer ran; otherwise the next incremental
+// falls back to a diff.
 func (d *Daemon) resume(ctx context.Context, st deviceState) {
-	t := &trackedDevice{state: st}
-	var saved io.Reader
+	t := &trackedDevice{}
 	setPath := d.setPath(st.Device)
-	if st.Saved {
-		if f, err := os.Open(setPath); err == nil {
-			defer f.Close()
-			saved = f
-		} else {
-			st.Target, st.Reason = "", fmt.Sprintf("the saved change set is unreadable: %v", err)
-		}
-	}
-	t.tracer, t.err = d.p.startTracer(ctx, st.Device, false, saved)
-	if t.err == nil && st.Saved && st.Target != "" {
-		// Nothing may have been written while no tracer ran: the
-		// kernel's write counter tells, read after the new tracer's
-		// barrier.
+	t.tracer, t.err = d.p.startTracer(ctx, st.Device, false)
+	switch {
+	case t.err != nil:
+		d.o.Logf("tracking %s: %v", st.Device, t.err)
+		st.Target, st.Reason = "", fmt.Sprintf("tracking failed: %v", t.err)
+	case st.Target == "":
+	case !st.Saved:
+		st.Target, st.Reason = "", "the change set was not saved when the daemon stopped"
+	default:
+		// The kernel's write counter, read after the new tracer's
+		// barrier, must not have moved since the stop.
 		ferr := t.tracer.Flush(ctx)
 		n, err := d.p.WriteCount(st.Device)
 		switch {
@@ -145,11 +144,11 @@ func (d *Daemon) resume(ctx context.Context, st deviceState) {
 			st.Target, st.Reason = "", fmt.Sprintf("cannot tell whether the device was written while the daemon was stopped: %v", errors.Join(ferr, err))
 		case n != st.WrittenSectors:
 			st.Target, st.Reason = "", fmt.Sprintf("the device was written while the daemon was stopped (%d sectors)", n-st.WrittenSectors)
+		default:
+			if err := d.adopt(t.tracer, setPath); err != nil {
+				st.Target, st.Reason = "", fmt.Sprintf("the saved change set is unusable: %v", err)
+			}
 		}
-	}
-	if t.err != nil {
-		d.o.Logf("tracking %s: %v", st.Device, t.err)
-		st.Target, st.Reason = "", fmt.Sprintf("tracking failed: %v", t.err)
 	}
 	st.Saved = false
 	t.state = st
@@ -160,6 +159,15 @@ func (d *Daemon) resume(ctx context.Context, st deviceState) {
 	d.mu.Lock()
 	d.devs[st.Device] = t
 	d.mu.Unlock()
+}
+
+func (d *Daemon) adopt(tr Tracer, path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return tr.Adopt(bufio.NewReader(f))
 }
 
 // Stop cancels the running backups, stops the tracers and saves each
@@ -190,11 +198,16 @@ func (d *Daemon) stopDevice(t *trackedDevice) error {
 	}
 	// The counter is read while the tracer still runs: a write that
 	// lands in between is traced and counted, which only makes the next
-	// start distrust the set.
+	// start distrust the set. A set that already lost events is not
+	// worth saving.
+	complete, why := t.tracer.Complete()
 	n, cerr := d.p.WriteCount(t.state.Device)
 	serr := t.tracer.Stop()
 	st := t.state
-	if cerr == nil && serr == nil {
+	if !complete && st.Target != "" {
+		st.Target, st.Reason = "", "tracking lost events: "+why
+	}
+	if cerr == nil && serr == nil && st.Target != "" {
 		if err := d.saveSet(st.Device, t.tracer); err != nil {
 			return err
 		}
@@ -268,7 +281,7 @@ func (d *Daemon) Track(device string) (agentapi.DeviceStatus, error) {
 	if ok {
 		return t.status(), nil
 	}
-	tr, err := d.p.startTracer(context.Background(), device, false, nil)
+	tr, err := d.p.startTracer(context.Background(), device, false)
 	if err != nil {
 		return agentapi.DeviceStatus{}, fmt.Errorf("linuxagent: tracking %s: %w", device, err)
 	}
@@ -338,7 +351,7 @@ func (d *Daemon) run(ctx context.Context, req agentapi.BackupRequest, progress f
 		// A set that lost events stays lost: start afresh for the diff.
 		why = "tracking lost events: " + reason
 		t.tracer.Stop()
-		t.tracer, t.err = d.p.startTracer(ctx, req.Device, false, nil)
+		t.tracer, t.err = d.p.startTracer(ctx, req.Device, false)
 		if t.err != nil {
 			t.state.Target, t.state.Reason = "", fmt.Sprintf("tracking failed: %v", t.err)
 			d.saveState(t.state)

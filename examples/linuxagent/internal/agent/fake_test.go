@@ -155,6 +155,21 @@ func (t *fakeTracer) Save(w io.Writer) error {
 	}
 	return json.NewEncoder(w).Encode(blocks)
 }
+func (t *fakeTracer) Adopt(saved io.Reader) error {
+	var blocks []int
+	if err := json.NewDecoder(saved).Decode(&blocks); err != nil {
+		return err
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, b := range blocks {
+		if _, ok := t.dirty[b]; !ok {
+			t.dirty[b] = t.epoch
+		}
+	}
+	return nil
+}
+
 func (t *fakeTracer) Stop() error {
 	t.d.mu.Lock()
 	defer t.d.mu.Unlock()
@@ -216,17 +231,8 @@ func newFakeMachine(size int, seed uint64) *fakeMachine {
 			}
 			return nil, nil
 		},
-		StartTracer: func(ctx context.Context, device string, saved io.Reader) (Tracer, error) {
+		StartTracer: func(ctx context.Context, device string) (Tracer, error) {
 			t := &fakeTracer{d: m.disk, epoch: 1, dirty: map[int]uint64{}}
-			if saved != nil {
-				var blocks []int
-				if err := json.NewDecoder(saved).Decode(&blocks); err != nil {
-					return nil, err
-				}
-				for _, b := range blocks {
-					t.dirty[b] = 1
-				}
-			}
 			m.disk.mu.Lock()
 			m.disk.tracers[t] = true
 			m.disk.mu.Unlock()

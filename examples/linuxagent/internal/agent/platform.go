@@ -25,6 +25,12 @@ type Tracer interface {
 	// Save writes the changed-block set, for a daemon that stops and
 	// continues later; call it after Stop so that the set is final.
 	Save(w io.Writer) error
+	// Adopt adds the changes of a set an earlier Tracer saved. The caller
+	// vouches that no write was missed in between: the earlier set was
+	// complete when its tracer stopped, and the device was not written
+	// until this Tracer started. A set that lost events since it started
+	// stays incomplete.
+	Adopt(saved io.Reader) error
 	// Stop ends the tracing.
 	Stop() error
 }
@@ -65,10 +71,8 @@ type Platform struct {
 	Open func(path string, write bool) (Device, error)
 	// Mounts lists where device is mounted.
 	Mounts func(device string) ([]Mount, error)
-	// StartTracer starts recording the writes to device. saved, when not
-	// nil, is a set an earlier Tracer saved, whose pending changes the new
-	// one keeps.
-	StartTracer func(ctx context.Context, device string, saved io.Reader) (Tracer, error)
+	// StartTracer starts recording the writes to device.
+	StartTracer func(ctx context.Context, device string) (Tracer, error)
 	// Sequence runs critical inside the consistency sequence of device:
 	// freeze (when mounted), flush the device buffers, flushTracer (when
 	// not nil), critical, thaw.

@@ -12,13 +12,15 @@ import (
 const (
 	extBGBlockUninit = 0x0002 // bg_flags: the block bitmap was never written
 
-	// extDescWindow bounds the descriptor bytes held at once, and so the
-	// memory the map needs whatever the group count on disk says.
-	extDescWindow = 1 << 20
 	// extReadChunk bounds one read of adjacent bitmap blocks (flex_bg
 	// packs the bitmaps of a flex group together).
 	extReadChunk = 1 << 20
 )
+
+// extDescWindow bounds the descriptor bytes held at once, and so the
+// memory the map needs whatever the group count on disk says. A variable
+// so that tests can make windows of one descriptor block.
+var extDescWindow uint64 = 1 << 20
 
 // extGroup is one decoded group descriptor.
 type extGroup struct {
@@ -35,6 +37,9 @@ type extMapper struct {
 	s   *extSuper
 	r   io.ReaderAt
 	out extentList
+	// window is the descriptor bytes decoded at once (extDescWindow;
+	// tests make it smaller).
+	window uint64
 	// journalTable is the inode table holding the journal inode.
 	journalTable uint64
 }
@@ -57,6 +62,10 @@ type extMapper struct {
 // backup would silently miss their data. FIFREEZE checkpoints the journal
 // and clears the flag, so a frozen filesystem maps exactly.
 func extInUse(ctx context.Context, r io.ReaderAt, size int64) (Info, []Extent, error) {
+	return extInUseWindow(ctx, r, size, extDescWindow)
+}
+
+func extInUseWindow(ctx context.Context, r io.ReaderAt, size int64, window uint64) (Info, []Extent, error) {
 	s, err := readExtSuper(r, size)
 	if err != nil {
 		return Info{}, nil, err
@@ -65,7 +74,7 @@ func extInUse(ctx context.Context, r io.ReaderAt, size int64) (Info, []Extent, e
 	if s.needsRecovery {
 		return info, nil, fmt.Errorf("%w: %s: the needs_recovery flag is set (mounted and not frozen, or not cleanly unmounted); freeze it or run e2fsck, or fall back to AllBlocks", ErrNeedsRecovery, s.name)
 	}
-	m := &extMapper{s: s, r: r}
+	m := &extMapper{s: s, r: r, window: window}
 	if err := m.run(ctx); err != nil {
 		return info, nil, err
 	}
@@ -87,7 +96,7 @@ func (m *extMapper) run(ctx context.Context) error {
 	if s.firstDataBlock > 0 {
 		m.addBlocks(0, s.firstDataBlock)
 	}
-	perWindow := max(extDescWindow/s.descSize/s.descPerBlock, 1) * s.descPerBlock
+	perWindow := max(m.window/s.descSize/s.descPerBlock, 1) * s.descPerBlock
 	buf := make([]byte, (min(perWindow, s.groups)+s.descPerBlock-1)/s.descPerBlock*uint64(s.blockSize))
 	groups := make([]extGroup, 0, min(perWindow, s.groups))
 	for first := uint64(0); first < s.groups; first += perWindow {

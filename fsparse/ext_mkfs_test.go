@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"reflect"
+	"slices"
 	"testing"
 
 	"github.com/blockimage/blockimage/internal/testenv"
@@ -36,6 +37,11 @@ var extShapes = []extShape{
 	{"ext4-sparse_super2-128M", "ext4", 128 * extMiB, []string{"-b", "1024", "-O", "sparse_super2", "-E", "num_backup_sb=1"}, true},
 	{"ext4-nosparse-short-last-group-37M", "ext4", 37*extMiB + 5*4096, []string{"-O", "^sparse_super,^resize_inode", "-g", "4096"}, true},
 	{"ext4-no-uninit-bg-64M", "ext4", 64 * extMiB, []string{"-O", "^metadata_csum,^uninit_bg", "-b", "4096"}, true},
+	// 256 groups: 16 descriptor blocks, crossing one-block windows.
+	{"ext4-1k-g256-64M", "ext4", 64 * extMiB, []string{"-b", "1024", "-g", "256"}, true},
+	// 128 groups in 8 meta groups of 16 (64-byte descriptors).
+	{"ext4-metabg-64bit-1k-g1024-128M", "ext4", 128 * extMiB, []string{"-b", "1024", "-g", "1024", "-O", "meta_bg,^resize_inode,64bit"}, true},
+	{"ext4-4k-8G", "ext4", 8192 * extMiB, nil, true},
 }
 
 // TestExtFreshImages maps freshly made filesystems in image files (no
@@ -81,6 +87,16 @@ func checkExtImage(t *testing.T, path string, sh extShape) (Info, []Extent) {
 			if !extCovered(es, b*s.blockSize, s.blockSize) {
 				t.Fatalf("journal block %d is not in the map", b)
 			}
+		}
+	}
+	// The same map from windows of one descriptor block.
+	if f, err := os.Open(path); err != nil {
+		t.Fatal(err)
+	} else {
+		_, small, err := extInUseWindow(context.Background(), f, extDeviceSize(t, f), 1)
+		f.Close()
+		if err != nil || !slices.Equal(small, es) {
+			t.Errorf("with one-block descriptor windows: err %v, %d extents, want %d", err, len(small), len(es))
 		}
 	}
 	if info.MetadataBytesRead <= 0 || info.MetadataBytesRead > info.TotalBytes/16 {

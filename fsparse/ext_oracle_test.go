@@ -94,7 +94,7 @@ var extPartcloneUsedRE = regexp.MustCompile(`Space in use:.*= *(\d+) Blocks[\s\S
 func extPartcloneUsed(t *testing.T, path string) int64 {
 	t.Helper()
 	dir := t.TempDir()
-	cmd := exec.Command("partclone.extfs", "-D", "-s", path, "-O", filepath.Join(dir, "domain.log"), "-L", filepath.Join(dir, "partclone.log"))
+	cmd := exec.Command("partclone.extfs", "-f", "0", "-D", "-s", path, "-O", filepath.Join(dir, "domain.log"), "-L", filepath.Join(dir, "partclone.log"))
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("partclone.extfs -D -s %s: %v\n%s", path, err, out)

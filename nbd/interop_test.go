@@ -187,7 +187,6 @@ func firstDiff(a, b []byte) int {
 	return -1
 }
 
-
 // TestBlockStatusQemu reads base:allocation from qemu-nbd over a sparse
 // image with known data regions.
 func TestBlockStatusQemu(t *testing.T) {

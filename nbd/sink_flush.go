@@ -87,31 +87,37 @@ func (s *Sink) finishFlush(ctx context.Context) error {
 		return s.recover(ctx, err)
 	}
 	s.flushing = nil
+	s.flushed(f.n)
+	return nil
+}
+
+// flushed moves pending[:n], which a successful FLUSH covered, to the
+// durable set and reports them.
+func (s *Sink) flushed(n int) {
 	var done []Extent
 	var fresh extentSet
-	for _, w := range s.pending[:f.n] {
+	for _, w := range s.pending[:n] {
 		s.buffered -= int64(len(w.data))
 		s.release(w)
 		fresh.add(w.off, w.n)
 	}
 	// A later pending write over the same blocks supersedes the flushed
 	// data: those blocks are not durable yet.
-	for _, w := range s.pending[f.n:] {
+	for _, w := range s.pending[n:] {
 		fresh.remove(w.off, w.n)
 	}
 	for _, e := range fresh {
 		s.durable.add(e.Offset, e.Length)
 		done = append(done, e)
 	}
-	clear(s.pending[:f.n])
-	s.pending = s.pending[f.n:]
+	clear(s.pending[:n])
+	s.pending = s.pending[n:]
 	if len(s.pending) == 0 {
 		s.pending = nil
 	}
 	if s.opts.OnDurable != nil && len(done) > 0 {
 		s.opts.OnDurable(done)
 	}
-	return nil
 }
 
 // resend sends writes again after the server failed a FLUSH.
@@ -190,41 +196,113 @@ func (s *Sink) recover(ctx context.Context, cause error) error {
 	}
 }
 
-// resendAll sends every pending write on the new connection, in order,
-// waiting for overlapping writes in flight first. It does not recover by
-// itself: a failure goes back to recover's loop.
+// resendAll sends every pending write on the new connection, in order, in
+// batches of at most MaxUnflushed/8 bytes, each made durable with a FLUSH
+// before the next: a link that breaks every few megabytes still makes
+// progress. It does not recover by itself: a failure goes back to
+// recover's loop, which reconnects.
 func (s *Sink) resendAll(ctx context.Context) error {
-	for _, w := range s.pending {
-		if w.acked {
-			continue
+	batch := max(s.opts.MaxUnflushed/8, 1)
+	for len(s.pending) > 0 {
+		n, bytes := 0, int64(0)
+		for n < len(s.pending) && (n == 0 || bytes+int64(len(s.pending[n].data)) <= batch) {
+			bytes += int64(len(s.pending[n].data))
+			n++
 		}
-		for i := 0; i < len(s.inflight); i++ {
-			x := s.inflight[i]
-			if !overlaps(x, w) {
+		for _, w := range s.pending[:n] {
+			if w.acked {
 				continue
 			}
-			if err := x.cn.wait(ctx, x.r); err != nil {
-				var ne *Error
-				if errors.As(err, &ne) {
-					x.tries++
-					if x.tries > s.opts.Retries {
-						return fmt.Errorf("nbd: sink: giving up after %d attempts: %w", x.tries, err)
-					}
-					// Not wrapped: recover reconnects and resends.
-					return fmt.Errorf("nbd: sink: resent write failed: %v", err)
-				}
+			if err := s.waitOverlapping(ctx, w); err != nil {
 				return err
 			}
+			if err := s.sendRaw(ctx, w); err != nil {
+				return err
+			}
+		}
+		for len(s.inflight) > 0 {
+			x := s.inflight[0]
+			if err := x.cn.wait(ctx, x.r); err != nil {
+				if err := s.retryable(x, err); err != nil {
+					return err
+				}
+				s.dropInflight(x)
+				if err := s.sendRaw(ctx, x); err != nil {
+					return err
+				}
+				continue
+			}
 			s.acked(x)
-			i--
 		}
 		cn := s.client.pick()
-		r := &request{cmd: w.cmd, off: w.off, length: uint32(w.n)}
-		if err := cn.start(ctx, r, w.flags, w.data); err != nil {
+		r := &request{cmd: cmdFlush}
+		if err := cn.start(ctx, r, 0, nil); err != nil {
 			return err
 		}
-		w.cn, w.r = cn, r
-		s.inflight = append(s.inflight, w)
+		if err := cn.wait(ctx, r); err != nil {
+			for _, w := range s.pending[:n] {
+				if err := s.retryable(w, err); err != nil {
+					return err
+				}
+			}
+			return fmt.Errorf("nbd: sink: flush after reconnect failed: %v", err)
+		}
+		s.flushed(n)
 	}
+	return nil
+}
+
+// retryable decides what a failed reply means during a resend: a server
+// error within the retry budget and a broken connection return a plain
+// error (recover reconnects and tries again); a server error beyond the
+// budget returns an *Error chain, which recover gives up on.
+func (s *Sink) retryable(w *sinkWrite, err error) error {
+	var ne *Error
+	if !errors.As(err, &ne) {
+		return err
+	}
+	w.tries++
+	if w.tries > s.opts.Retries {
+		return fmt.Errorf("nbd: sink: giving up after %d attempts: %w", w.tries, err)
+	}
+	return nil
+}
+
+func (s *Sink) waitOverlapping(ctx context.Context, w *sinkWrite) error {
+	for i := 0; i < len(s.inflight); i++ {
+		x := s.inflight[i]
+		if !overlaps(x, w) {
+			continue
+		}
+		if err := x.cn.wait(ctx, x.r); err != nil {
+			if err := s.retryable(x, err); err != nil {
+				return err
+			}
+			// The older write failed: send it again before w.
+			s.dropInflight(x)
+			if err := s.sendRaw(ctx, x); err != nil {
+				return err
+			}
+			i = -1
+			continue
+		}
+		s.acked(x)
+		i = -1
+	}
+	return nil
+}
+
+func (s *Sink) sendRaw(ctx context.Context, w *sinkWrite) error {
+	if w.cmd == 0 {
+		w.acked = true
+		return nil
+	}
+	cn := s.client.pick()
+	r := &request{cmd: w.cmd, off: w.off, length: uint32(w.n)}
+	if err := cn.start(ctx, r, w.flags, w.data); err != nil {
+		return err
+	}
+	w.cn, w.r, w.acked = cn, r, false
+	s.inflight = append(s.inflight, w)
 	return nil
 }

@@ -327,3 +327,20 @@ func FuzzRingPage(f *testing.F) {
 		})
 	})
 }
+
+func BenchmarkParseKernelPage(b *testing.B) {
+	page, err := os.ReadFile("testdata/ftrace-6.18-loop-write.page")
+	if err != nil {
+		b.Fatal(err)
+	}
+	s := NewSet(1<<30, 4096)
+	b.SetBytes(int64(len(page)))
+	for b.Loop() {
+		ParsePage(page, func(_ uint64, data []byte) error {
+			if r, err := DecodeFtraceRecord(data); err == nil {
+				apply(s, r, 0)
+			}
+			return nil
+		})
+	}
+}

@@ -207,8 +207,10 @@ func parseExtSuper(b []byte, size int64) (*extSuper, error) {
 	if s.inodesPerGroup == 0 || s.inodesPerGroup > bitsPerBlock {
 		return nil, corrupt(fs, "%d inodes per group", s.inodesPerGroup)
 	}
-	if inodes := u32(0x00); inodes != s.inodesPerGroup*s.groups {
-		return nil, corrupt(fs, "%d inodes is not %d groups of %d", inodes, s.groups, s.inodesPerGroup)
+	// s_inodes_count is 32 bits: the product must fit it, and computing
+	// it with the high word catches overflow on absurd device sizes.
+	if hi, lo := bits.Mul64(s.inodesPerGroup, s.groups); hi != 0 || lo != u32(0x00) {
+		return nil, corrupt(fs, "%d inodes is not %d groups of %d", u32(0x00), s.groups, s.inodesPerGroup)
 	}
 	s.inodeTableBlocks = (s.inodesPerGroup*s.inodeSize + uint64(s.blockSize) - 1) / uint64(s.blockSize)
 
@@ -232,8 +234,8 @@ func parseExtSuper(b []byte, size int64) (*extSuper, error) {
 	}
 	if s.compat&extCompatHasJournal != 0 {
 		s.journalInum = le.Uint32(b[0xE0:])
-		if uint64(s.journalInum) > s.inodesPerGroup*s.groups {
-			return nil, corrupt(fs, "journal inode %d beyond the %d inodes", s.journalInum, s.inodesPerGroup*s.groups)
+		if inodes := u32(0x00); uint64(s.journalInum) > inodes {
+			return nil, corrupt(fs, "journal inode %d beyond the %d inodes", s.journalInum, inodes)
 		}
 		s.needsRecovery = s.incompat&extIncompatRecover != 0
 	}

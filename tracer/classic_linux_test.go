@@ -31,7 +31,7 @@ func TestRelayStream(t *testing.T) {
 	stream = append(stream, v7(0, 0, 0, uint32(act(0, TCNotify)), []byte("dd\x00\x00\x00\x00\x00\x00"))...) // process note
 	stream = append(stream, v7(1, 2048+8, 4096, uint32(act(ActQueue, TCWrite|tcQueue)), nil)...)
 	stream = append(stream, v8(2, 2048+16, 512, act(ActQueue, TCWrite|TCDiscard|tcQueue)|actCgroup, []byte{1, 0, 0, 0, 0, 0, 0, 0})...)
-	stream = append(stream, v7(3, 2048+24, 4096, uint32(act(7, TCWrite|1<<6)), nil)...) // issue: ignored
+	stream = append(stream, v7(3, 2048+24, 4096, uint32(act(7, TCWrite|1<<6)), nil)...)       // issue: ignored
 	stream = append(stream, v7(9, 100, 4096, uint32(act(ActQueue, TCWrite|tcQueue)), nil)...) // gap of 5, outside the partition
 	for _, piece := range []int{1, 7, 47, 64, 1000} {
 		set := NewSet(1<<20, 4096)

@@ -34,6 +34,15 @@ const (
 	xfsABTBMagic        = 0x41425442 // "ABTB": bnobt block, v4
 	xfsAB3BMagic        = 0x41423342 // "AB3B": bnobt block, v5 (CRC)
 	xfsIncompatMetaUUID = 0x4
+	// xfsIncompatNeedsRepair is set while xfs_repair or xfs_admin is
+	// rewriting metadata; the kernel refuses to mount such a filesystem.
+	xfsIncompatNeedsRepair = 0x10
+	// xfsIncompatKnown covers the incompatible features up to zoned
+	// realtime devices (xfsprogs 6.15): ftype, sparse inodes, meta_uuid,
+	// bigtime, needsrepair, nrext64, exchange-range, parent pointers,
+	// metadir, zoned. None changes the AGF or the bnobt; an unknown bit
+	// might, so it is refused.
+	xfsIncompatKnown = 0x3ff
 	// xfsMaxLevels bounds the height of a free-space B+tree. Even with
 	// 512-byte blocks and half-full nodes, 2^32 blocks need fewer levels.
 	xfsMaxLevels = 16
@@ -49,20 +58,21 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 // xfsSuper holds the superblock fields the map needs, validated.
 type xfsSuper struct {
-	blockSize  int64
-	sectSize   int64
-	dblocks    uint64
-	rblocks    uint64
-	agblocks   uint32
-	agcount    uint32
-	agblklog   uint
-	logstart   uint64 // file system block number (AG-encoded), 0: external
-	logblocks  uint32
-	version    int // 4 or 5
-	uuid       [16]byte
-	metaUUID   [16]byte // the UUID stamped in v5 metadata blocks
-	label      string
-	inprogress bool
+	blockSize   int64
+	sectSize    int64
+	dblocks     uint64
+	rblocks     uint64
+	agblocks    uint32
+	agcount     uint32
+	agblklog    uint
+	logstart    uint64 // file system block number (AG-encoded), 0: external
+	logblocks   uint32
+	version     int // 4 or 5
+	uuid        [16]byte
+	metaUUID    [16]byte // the UUID stamped in v5 metadata blocks
+	label       string
+	inprogress  bool
+	needsRepair bool
 }
 
 func (sb *xfsSuper) crc() bool { return sb.version == 5 }
@@ -167,9 +177,14 @@ func readXFSSuper(r io.ReaderAt, size int64) (*xfsSuper, error) {
 		if !xfsCRCOK(sect, xfsSBCRCOff) {
 			return nil, corrupt("xfs", "superblock checksum mismatch")
 		}
-		if be.Uint32(sect[216:])&xfsIncompatMetaUUID != 0 {
+		incompat := be.Uint32(sect[216:])
+		if incompat&^xfsIncompatKnown != 0 {
+			return nil, fmt.Errorf("%w: xfs: incompatible feature bits %#x", ErrUnsupported, incompat&^xfsIncompatKnown)
+		}
+		if incompat&xfsIncompatMetaUUID != 0 {
 			copy(sb.metaUUID[:], sect[248:264])
 		}
+		sb.needsRepair = incompat&xfsIncompatNeedsRepair != 0
 	}
 	if sb.logstart != 0 {
 		agno, agbno := uint32(sb.logstart>>sb.agblklog), uint32(sb.logstart&(1<<sb.agblklog-1))
@@ -204,6 +219,9 @@ func (sb *xfsSuper) notes(r io.ReaderAt, size int64) ([]string, xfsLogState) {
 	}
 	if sb.rblocks > 0 {
 		notes = append(notes, fmt.Sprintf("realtime section of %d blocks on another device: this map covers the data section only", sb.rblocks))
+	}
+	if sb.needsRepair {
+		notes = append(notes, "the needsrepair flag is set: xfs_repair was interrupted; run it before trusting this map")
 	}
 	if sb.inprogress {
 		notes = append(notes, "superblock says mkfs did not finish (sb_inprogress)")

@@ -221,3 +221,24 @@ func TestXFSCorrupt(t *testing.T) {
 		})
 	}
 }
+
+// TestXFSUnknownFeature: an incompatible feature this package does not
+// know might change the layout it reads, so it is refused as unsupported;
+// needsrepair is known and noted.
+func TestXFSUnknownFeature(t *testing.T) {
+	base := newXFSTestImage(t)
+	be := binary.BigEndian
+	x := base.clone()
+	be.PutUint32(x.img[216:], be.Uint32(x.img[216:])|1<<20)
+	x.fixSB()
+	if _, _, err := x.inUse(); !errors.Is(err, ErrUnsupported) {
+		t.Fatalf("unknown incompat bit: %v", err)
+	}
+	x = base.clone()
+	be.PutUint32(x.img[216:], be.Uint32(x.img[216:])|xfsIncompatNeedsRepair)
+	x.fixSB()
+	info, _, err := x.inUse()
+	if err != nil || !strings.Contains(strings.Join(info.Notes, " "), "needsrepair") {
+		t.Fatalf("needsrepair: %v, notes %q", err, info.Notes)
+	}
+}

@@ -49,6 +49,7 @@ type reiserSuper struct {
 	// external journal in a file also records device 0, at block 0).
 	journalHere bool
 	umountState uint16
+	fsState     uint16 // set by reiserfsck when it found corruption
 	uuid        [16]byte
 	label       string
 }
@@ -78,7 +79,7 @@ func reiserProbe(r io.ReaderAt, size int64) bool {
 
 func readReiserSuper(r io.ReaderAt, size int64) (*reiserSuper, error) {
 	b := make([]byte, reiserSBSize)
-	if err := readFull(r, b, reiserSBOffset, size, "reiserfs", "superblock"); err != nil {
+	if err := xrReadFull(r, b, reiserSBOffset, size, "reiserfs", "superblock"); err != nil {
 		return nil, err
 	}
 	le := binary.LittleEndian
@@ -91,6 +92,7 @@ func readReiserSuper(r io.ReaderAt, size int64) (*reiserSuper, error) {
 		journalSize:  le.Uint32(b[20:]),
 		blockSize:    int64(le.Uint16(b[44:])),
 		umountState:  le.Uint16(b[50:]),
+		fsState:      le.Uint16(b[62:]),
 	}
 	if sb.format == "" {
 		return nil, ErrUnknownFilesystem
@@ -109,7 +111,7 @@ func readReiserSuper(r io.ReaderAt, size int64) (*reiserSuper, error) {
 	}
 	bs := sb.blockSize
 	switch {
-	case !isPow2(uint64(bs)) || bs < 512 || bs > reiserMaxBlockSz:
+	case !xrIsPow2(uint64(bs)) || bs < 512 || bs > reiserMaxBlockSz:
 		return nil, corrupt("reiserfs", "block size %d", bs)
 	case sb.blockCount <= uint32(reiserSBOffset/bs)+1:
 		return nil, corrupt("reiserfs", "%d blocks leave no room past the superblock", sb.blockCount)
@@ -151,11 +153,14 @@ func (sb *reiserSuper) info() Info {
 		Label:      sb.label,
 	}
 	if sb.uuid != [16]byte{} {
-		info.UUID = formatUUID(sb.uuid)
+		info.UUID = xrFormatUUID(sb.uuid)
 	}
 	info.Notes = append(info.Notes, "format "+sb.format)
 	if !sb.journalHere {
 		info.Notes = append(info.Notes, fmt.Sprintf("external journal (device %#x): it is not in this map; back it up too", sb.journalDev))
+	}
+	if sb.fsState != 0 {
+		info.Notes = append(info.Notes, fmt.Sprintf("reiserfsck marked the filesystem as damaged (s_fs_state %#x)", sb.fsState))
 	}
 	if sb.umountState != reiserValidFS {
 		info.Notes = append(info.Notes, "not cleanly unmounted (s_umount_state)")
@@ -206,12 +211,12 @@ func reiserMap(ctx context.Context, r io.ReaderAt, size int64, detect bool) (Inf
 		}
 		b := sb.bitmapBlock(i)
 		used = append(used, blk(b, 1))
-		if err := readFull(r, buf, int64(b)*bs, size, "reiserfs", fmt.Sprintf("bitmap %d", i)); err != nil {
+		if err := xrReadFull(r, buf, int64(b)*bs, size, "reiserfs", fmt.Sprintf("bitmap %d", i)); err != nil {
 			return info, nil, err
 		}
 		first := i * perBitmap
 		n := min(perBitmap, sb.blockCount-first)
-		used = appendBitRuns(used, buf, first, n, bs)
+		used = reiserBitRuns(used, buf, first, n, bs)
 	}
 	used = Merge(used)
 	for _, e := range used {
@@ -224,9 +229,9 @@ func reiserMap(ctx context.Context, r io.ReaderAt, size int64, detect bool) (Inf
 	return info, used, nil
 }
 
-// appendBitRuns appends, as byte extents, the runs of set bits among the
+// reiserBitRuns appends, as byte extents, the runs of set bits among the
 // first n bits of bitmap (bit k of byte j is block first+8j+k).
-func appendBitRuns(es []Extent, bitmap []byte, first, n uint32, bs int64) []Extent {
+func reiserBitRuns(es []Extent, bitmap []byte, first, n uint32, bs int64) []Extent {
 	runStart, inRun := uint32(0), false
 	begin := func(k uint32) {
 		if !inRun {
@@ -273,7 +278,7 @@ func reiserJournalPending(r io.ReaderAt, size int64, sb *reiserSuper) (bool, err
 	le := binary.LittleEndian
 	hdr := make([]byte, bs)
 	hdrBlock := int64(sb.journalStart) + int64(sb.journalSize)
-	if err := readFull(r, hdr, hdrBlock*bs, size, "reiserfs", "journal header"); err != nil {
+	if err := xrReadFull(r, hdr, hdrBlock*bs, size, "reiserfs", "journal header"); err != nil {
 		return false, err
 	}
 	lastFlushed, unflushed, mountID := le.Uint32(hdr[0:]), le.Uint32(hdr[4:]), le.Uint32(hdr[8:])
@@ -281,7 +286,7 @@ func reiserJournalPending(r io.ReaderAt, size int64, sb *reiserSuper) (bool, err
 		return false, corrupt("reiserfs", "journal header: first unflushed block %d of a %d-block journal", unflushed, sb.journalSize)
 	}
 	desc := make([]byte, bs)
-	if err := readFull(r, desc, (int64(sb.journalStart)+int64(unflushed))*bs, size, "reiserfs", "journal descriptor"); err != nil {
+	if err := xrReadFull(r, desc, (int64(sb.journalStart)+int64(unflushed))*bs, size, "reiserfs", "journal descriptor"); err != nil {
 		return false, err
 	}
 	transID, length := le.Uint32(desc[0:]), le.Uint32(desc[4:])
@@ -291,7 +296,7 @@ func reiserJournalPending(r io.ReaderAt, size int64, sb *reiserSuper) (bool, err
 	}
 	commit := make([]byte, bs)
 	commitBlock := int64(sb.journalStart) + (int64(unflushed)+int64(length)+1)%int64(sb.journalSize)
-	if err := readFull(r, commit, commitBlock*bs, size, "reiserfs", "journal commit"); err != nil {
+	if err := xrReadFull(r, commit, commitBlock*bs, size, "reiserfs", "journal commit"); err != nil {
 		return false, err
 	}
 	return le.Uint32(commit[0:]) == transID && le.Uint32(commit[4:]) == length, nil

@@ -22,7 +22,7 @@ func FuzzReiserFS(f *testing.F) {
 			continue
 		}
 		img := xrImage(f, c.file)
-		sb, err := readReiserSuper(memDevice(img), int64(len(img)))
+		sb, err := readReiserSuper(xrMem(img), int64(len(img)))
 		if err != nil {
 			f.Fatal(err)
 		}

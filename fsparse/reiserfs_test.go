@@ -218,7 +218,7 @@ func TestReiserFSJournalPending(t *testing.T) {
 	}
 }
 
-func TestAppendBitRuns(t *testing.T) {
+func TestReiserBitRuns(t *testing.T) {
 	bm := make([]byte, 32)
 	set := func(k int) { bm[k/8] |= 1 << (k % 8) }
 	for k := 0; k < 64; k++ { // a full word
@@ -229,13 +229,13 @@ func TestAppendBitRuns(t *testing.T) {
 	set(127)
 	set(128)
 	set(200)
-	got := appendBitRuns(nil, bm, 1000, 201, 2)
+	got := reiserBitRuns(nil, bm, 1000, 201, 2)
 	want := []Extent{{2000, 128}, {2140, 4}, {2254, 4}, {2400, 2}}
 	if !slices.Equal(Merge(got), want) {
 		t.Fatalf("runs %v, want %v", got, want)
 	}
 	// Bits past n are ignored.
-	if got := appendBitRuns(nil, bm, 0, 200, 1); got[len(got)-1].End() > 200 {
+	if got := reiserBitRuns(nil, bm, 0, 200, 1); got[len(got)-1].End() > 200 {
 		t.Fatalf("runs past n: %v", got)
 	}
 }

@@ -54,7 +54,7 @@ const (
 	xfsSBCRCOff     = 224
 )
 
-var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+var xfsCastagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 // xfsSuper holds the superblock fields the map needs, validated.
 type xfsSuper struct {
@@ -104,9 +104,9 @@ func xfsProbe(r io.ReaderAt, size int64) bool {
 	return binary.BigEndian.Uint32(b[:]) == xfsSBMagic
 }
 
-// readFull reads exactly len(p) bytes at off, refusing ranges outside the
+// xrReadFull reads exactly len(p) bytes at off, refusing ranges outside the
 // device.
-func readFull(r io.ReaderAt, p []byte, off, size int64, fs, what string) error {
+func xrReadFull(r io.ReaderAt, p []byte, off, size int64, fs, what string) error {
 	if off < 0 || off > size || int64(len(p)) > size-off {
 		return corrupt(fs, "%s at byte %d (+%d) lies outside the %d-byte device", what, off, len(p), size)
 	}
@@ -120,13 +120,13 @@ func readFull(r io.ReaderAt, p []byte, off, size int64, fs, what string) error {
 	return fmt.Errorf("fsparse: %s: reading %s at byte %d: %w", fs, what, off, err)
 }
 
-func isPow2(v uint64) bool { return v != 0 && v&(v-1) == 0 }
+func xrIsPow2(v uint64) bool { return v != 0 && v&(v-1) == 0 }
 
 func readXFSSuper(r io.ReaderAt, size int64) (*xfsSuper, error) {
 	// The superblock's fields end before byte 272; its checksum covers a
 	// whole sector, read once the sector size is known.
 	hdr := make([]byte, 512)
-	if err := readFull(r, hdr, 0, size, "xfs", "superblock"); err != nil {
+	if err := xrReadFull(r, hdr, 0, size, "xfs", "superblock"); err != nil {
 		return nil, err
 	}
 	be := binary.BigEndian
@@ -153,9 +153,9 @@ func readXFSSuper(r io.ReaderAt, size int64) (*xfsSuper, error) {
 	switch {
 	case sb.version != 4 && sb.version != 5:
 		return nil, fmt.Errorf("%w: xfs: superblock version %d (only 4 and 5 are supported)", ErrUnsupported, sb.version)
-	case !isPow2(uint64(sb.blockSize)) || sb.blockSize < 512 || sb.blockSize > 65536 || 1<<blocklog != sb.blockSize:
+	case !xrIsPow2(uint64(sb.blockSize)) || sb.blockSize < 512 || sb.blockSize > 65536 || 1<<blocklog != sb.blockSize:
 		return nil, corrupt("xfs", "block size %d (log %d)", sb.blockSize, blocklog)
-	case !isPow2(uint64(sb.sectSize)) || sb.sectSize < 512 || sb.sectSize > 32768 || sb.sectSize > sb.blockSize || 1<<sectlog != sb.sectSize:
+	case !xrIsPow2(uint64(sb.sectSize)) || sb.sectSize < 512 || sb.sectSize > 32768 || sb.sectSize > sb.blockSize || 1<<sectlog != sb.sectSize:
 		return nil, corrupt("xfs", "sector size %d (log %d)", sb.sectSize, sectlog)
 	case sb.agcount == 0 || sb.agblocks < 16:
 		return nil, corrupt("xfs", "%d allocation groups of %d blocks", sb.agcount, sb.agblocks)
@@ -170,7 +170,7 @@ func readXFSSuper(r io.ReaderAt, size int64) (*xfsSuper, error) {
 		sect := hdr
 		if sb.sectSize > int64(len(hdr)) {
 			sect = make([]byte, sb.sectSize)
-			if err := readFull(r, sect, 0, size, "xfs", "superblock"); err != nil {
+			if err := xrReadFull(r, sect, 0, size, "xfs", "superblock"); err != nil {
 				return nil, err
 			}
 		}
@@ -199,13 +199,13 @@ func readXFSSuper(r io.ReaderAt, size int64) (*xfsSuper, error) {
 // computed over buf with that field zeroed.
 func xfsCRCOK(buf []byte, off int) bool {
 	want := binary.LittleEndian.Uint32(buf[off:])
-	c := crc32.Update(0, castagnoli, buf[:off])
-	c = crc32.Update(c, castagnoli, []byte{0, 0, 0, 0})
-	c = crc32.Update(c, castagnoli, buf[off+4:])
+	c := crc32.Update(0, xfsCastagnoli, buf[:off])
+	c = crc32.Update(c, xfsCastagnoli, []byte{0, 0, 0, 0})
+	c = crc32.Update(c, xfsCastagnoli, buf[off+4:])
 	return c == want
 }
 
-func formatUUID(u [16]byte) string {
+func xrFormatUUID(u [16]byte) string {
 	return fmt.Sprintf("%x-%x-%x-%x-%x", u[0:4], u[4:6], u[6:8], u[8:10], u[10:16])
 }
 
@@ -274,7 +274,7 @@ func (sb *xfsSuper) info() Info {
 		BlockSize:  sb.blockSize,
 		TotalBytes: int64(sb.dblocks) * sb.blockSize,
 		Label:      sb.label,
-		UUID:       formatUUID(sb.uuid),
+		UUID:       xrFormatUUID(sb.uuid),
 	}
 }
 
@@ -286,7 +286,7 @@ type xfsAGF struct {
 // readAGF reads and validates the AGF of agno into buf (one sector).
 func (sb *xfsSuper) readAGF(r io.ReaderAt, size int64, agno uint32, buf []byte) (xfsAGF, error) {
 	off := sb.agOffset(agno, 0) + sb.sectSize
-	if err := readFull(r, buf, off, size, "xfs", fmt.Sprintf("AGF of AG %d", agno)); err != nil {
+	if err := xrReadFull(r, buf, off, size, "xfs", fmt.Sprintf("AGF of AG %d", agno)); err != nil {
 		return xfsAGF{}, err
 	}
 	be := binary.BigEndian
@@ -430,7 +430,7 @@ func (w *xfsWalker) walk(ctx context.Context, agno uint32, a xfsAGF, agbno, leve
 	w.visited[agbno] = true
 	off := w.sb.agOffset(agno, agbno)
 	buf := w.block
-	if err := readFull(w.r, buf, off, w.size, "xfs", fmt.Sprintf("free-space B+tree block %d of AG %d", agbno, agno)); err != nil {
+	if err := xrReadFull(w.r, buf, off, w.size, "xfs", fmt.Sprintf("free-space B+tree block %d of AG %d", agbno, agno)); err != nil {
 		return err
 	}
 	be := binary.BigEndian

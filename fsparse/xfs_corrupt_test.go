@@ -13,10 +13,10 @@ import (
 	"testing"
 )
 
-// memDevice is an image in memory.
-type memDevice []byte
+// xrMem is an image in memory.
+type xrMem []byte
 
-func (m memDevice) ReadAt(p []byte, off int64) (int, error) {
+func (m xrMem) ReadAt(p []byte, off int64) (int, error) {
 	if off < 0 || off >= int64(len(m)) {
 		return 0, io.EOF
 	}
@@ -30,13 +30,13 @@ func (m memDevice) ReadAt(p []byte, off int64) (int, error) {
 // xfsSetCRC stores the CRC32c of buf, with the field zeroed, at off.
 func xfsSetCRC(buf []byte, off int) {
 	binary.LittleEndian.PutUint32(buf[off:], 0)
-	binary.LittleEndian.PutUint32(buf[off:], crc32.Checksum(buf, castagnoli))
+	binary.LittleEndian.PutUint32(buf[off:], crc32.Checksum(buf, xfsCastagnoli))
 }
 
 // xfsTestImage is a fresh one-AG v5 XFS with 1 KiB blocks, in memory,
 // with its superblock and the offsets the mutations need.
 type xfsTestImage struct {
-	img    memDevice
+	img    xrMem
 	sb     *xfsSuper
 	agf    int // byte offset of the AGF
 	root   int // byte offset of the bnobt root

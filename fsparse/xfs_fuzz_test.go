@@ -79,7 +79,7 @@ func FuzzXFSImage(f *testing.F) {
 			continue
 		}
 		img := xrImage(f, c.file)
-		sb, err := readXFSSuper(memDevice(img), int64(len(img)))
+		sb, err := readXFSSuper(xrMem(img), int64(len(img)))
 		if err != nil {
 			f.Fatal(err)
 		}

@@ -50,7 +50,7 @@ func xfsLogStateOf(r io.ReaderAt, size int64, sb *xfsSuper) (xfsLogState, error)
 	var bb [512]byte
 	read := func(i int64) ([]byte, error) {
 		i %= nbb
-		if err := readFull(r, bb[:], start+i*512, size, "xfs", "log block"); err != nil {
+		if err := xrReadFull(r, bb[:], start+i*512, size, "xfs", "log block"); err != nil {
 			return nil, err
 		}
 		return bb[:], nil
@@ -164,7 +164,7 @@ func xlogOnlySuperblock(r io.ReaderAt, size, start, nbb, tail, head int64) (bool
 	buf := make([]byte, live*512)
 	for k := int64(0); k < live; k++ {
 		off := start + ((tail+k)%nbb)*512
-		if err := readFull(r, buf[k*512:(k+1)*512], off, size, "xfs", "log block"); err != nil {
+		if err := xrReadFull(r, buf[k*512:(k+1)*512], off, size, "xfs", "log block"); err != nil {
 			return false, err
 		}
 	}

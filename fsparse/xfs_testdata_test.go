@@ -62,7 +62,7 @@ func xrImage(t testing.TB, file string) []byte {
 func TestXFSAndReiserFSTestdata(t *testing.T) {
 	for _, c := range xrTestdata {
 		t.Run(c.file, func(t *testing.T) {
-			img := memDevice(xrImage(t, c.file))
+			img := xrMem(xrImage(t, c.file))
 			info, used, err := InUse(context.Background(), img, int64(len(img)))
 			if err != nil {
 				t.Fatal(err)

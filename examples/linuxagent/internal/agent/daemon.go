@@ -10,6 +10,8 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -95,8 +97,11 @@ func (d *Daemon) Start(ctx context.Context, extra ...string) error {
 	if err := os.MkdirAll(d.devicesDir(), 0o700); err != nil {
 		return fmt.Errorf("linuxagent: state directory: %w", err)
 	}
-	_, err := os.Stat(d.markerPath())
+	marker, err := os.ReadFile(d.markerPath())
 	unclean := err == nil
+	if pid, err := strconv.Atoi(strings.TrimSpace(string(marker))); unclean && err == nil && pid != os.Getpid() && processAlive(pid) {
+		return fmt.Errorf("linuxagent: a daemon (pid %d) already runs with state directory %s", pid, d.o.StateDir)
+	}
 	if err := writeFileSync(d.markerPath(), []byte(fmt.Sprintf("%d\n", os.Getpid()))); err != nil {
 		return fmt.Errorf("linuxagent: running marker: %w", err)
 	}
@@ -108,6 +113,12 @@ func (d *Daemon) Start(ctx context.Context, extra ...string) error {
 		if unclean {
 			d.o.Logf("the previous daemon did not stop cleanly: %s falls back to a diff on its next incremental", st.Device)
 			st.Target, st.Reason, st.Saved = "", "the daemon did not stop cleanly, so writes may have been missed", false
+			// The dead daemon's tracer could not restore the kernel's
+			// tracing settings; the new one would take them for
+			// another tool's.
+			if err := resetStaleTracing(st.Device); err != nil {
+				d.o.Logf("%v", err)
+			}
 		}
 		d.resume(ctx, st)
 	}

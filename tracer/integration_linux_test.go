@@ -287,8 +287,9 @@ func TestOverrunMarksIncomplete(t *testing.T) {
 	testenv.Require(t, testenv.Mkfs("ext4"), testenv.Mountable("ext4"))
 	d := testenv.NewFilesystem(t, "ext4", 64<<20)
 	release := make(chan struct{})
-	testHookBeforeDrain = func(int) { <-release }
-	defer func() { testHookBeforeDrain = nil }()
+	stall := func(int) { <-release }
+	testHookBeforeDrain.Store(&stall)
+	defer testHookBeforeDrain.Store(nil)
 	tr := startTracer(t, d.Path, Options{BufferSizeKB: 4})
 	stalled := true
 	defer func() {
@@ -300,7 +301,7 @@ func TestOverrunMarksIncomplete(t *testing.T) {
 		"--rw=randwrite", "--bs=4k", "--direct=1", "--ioengine=psync", "--io_size=8M", "--output=/dev/null")
 	close(release)
 	stalled = false
-	testHookBeforeDrain = nil
+	testHookBeforeDrain.Store(nil)
 	if err := tr.Flush(context.Background()); err != nil {
 		t.Fatal(err)
 	}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -81,8 +82,8 @@ func (c *cpuReader) run(interval time.Duration, idle func()) {
 			stopping = true
 		default:
 		}
-		if h := testHookBeforeDrain; h != nil {
-			h(c.cpu)
+		if h := testHookBeforeDrain.Load(); h != nil {
+			(*h)(c.cpu)
 		}
 		err = c.drain()
 		if idle != nil {
@@ -100,7 +101,7 @@ func (c *cpuReader) run(interval time.Duration, idle func()) {
 // testHookBeforeDrain, when set by a test before Start, runs on each
 // reader's goroutine before each drain: the overrun test uses it to stall
 // the readers as a starved machine would.
-var testHookBeforeDrain func(cpu int)
+var testHookBeforeDrain atomic.Pointer[func(cpu int)]
 
 // flushAll asks each reader for a drain that starts after this call and
 // waits for all of them.

@@ -296,6 +296,29 @@ func (d *Domain) Start(ctx context.Context) error {
 	return nil
 }
 
+// Undefine removes the domain's persistent definition (an active domain
+// keeps running, as a transient one).
+func (d *Domain) Undefine(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := d.d.Undefine(); err != nil {
+		return fmt.Errorf("virt: undefining %s: %w", d.name, err)
+	}
+	return nil
+}
+
+// Destroy stops an active domain at once, like pulling the plug.
+func (d *Domain) Destroy(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := d.d.Destroy(); err != nil {
+		return fmt.Errorf("virt: destroying %s: %w", d.name, err)
+	}
+	return nil
+}
+
 // Free releases the handle (not the domain).
 func (d *Domain) Free() error {
 	if err := d.d.Free(); err != nil {

@@ -77,3 +77,9 @@ func (d *Domain) Start(ctx context.Context) error { return ErrUnavailable }
 
 // Free returns ErrUnavailable.
 func (d *Domain) Free() error { return ErrUnavailable }
+
+// Undefine returns ErrUnavailable.
+func (d *Domain) Undefine(ctx context.Context) error { return ErrUnavailable }
+
+// Destroy returns ErrUnavailable.
+func (d *Domain) Destroy(ctx context.Context) error { return ErrUnavailable }

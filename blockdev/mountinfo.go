@@ -78,8 +78,13 @@ func ParseMountInfo(r io.Reader, filter func(*Mount) bool) ([]Mount, error) {
 // parseMountInfoLine parses
 //
 //	36 35 98:0 /mnt1 /mnt2 rw,noatime master:1 - ext3 /dev/root rw,errors=continue
+//
+// Fields are separated by single spaces, and split on them, not on runs of
+// whitespace: a field may be empty (mount -t tmpfs "" /mnt gives an empty
+// source, printed as two spaces), and splitting on runs would shift the
+// super options into the source.
 func parseMountInfoLine(line string) (Mount, error) {
-	f := strings.Fields(line)
+	f := strings.Split(line, " ")
 	sep := -1
 	for i := 6; i < len(f); i++ {
 		if f[i] == "-" {
@@ -109,12 +114,15 @@ func parseMountInfoLine(line string) (Mount, error) {
 	if m.MountPoint, err = unescapeOctal(f[4]); err != nil {
 		return Mount{}, fmt.Errorf("mount point: %v", err)
 	}
+	if m.Root == "" || m.MountPoint == "" || f[5] == "" {
+		return Mount{}, fmt.Errorf("empty root, mount point or options in %q", line)
+	}
 	m.Options = f[5]
 	if sep > 6 {
 		m.Optional = append([]string(nil), f[6:sep]...)
 	}
-	if m.FSType, err = unescapeOctal(f[sep+1]); err != nil {
-		return Mount{}, fmt.Errorf("filesystem type: %v", err)
+	if m.FSType, err = unescapeOctal(f[sep+1]); err != nil || m.FSType == "" {
+		return Mount{}, fmt.Errorf("filesystem type %q: %v", f[sep+1], err)
 	}
 	if m.Source, err = unescapeOctal(f[sep+2]); err != nil {
 		return Mount{}, fmt.Errorf("source: %v", err)

@@ -17,6 +17,7 @@ const sampleMountInfo = `22 27 0:21 / /proc rw,relatime shared:12 - proc proc rw
 97 27 7:4 / /mnt/x rw - xfs /dev/loop4 rw,attr2,inode64
 98 27 7:4 / /mnt/back\134slash rw - xfs /dev/loop4
 99 27 0:50 / /run/user rw,nosuid - tmpfs tmpfs rw,size=100k
+100 27 0:51 / /mnt/anon rw,relatime - tmpfs  rw,size=4k
 `
 
 func TestParseMountInfo(t *testing.T) {
@@ -24,8 +25,8 @@ func TestParseMountInfo(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(mounts) != 7 {
-		t.Fatalf("got %d mounts, want 7", len(mounts))
+	if len(mounts) != 8 {
+		t.Fatalf("got %d mounts, want 8", len(mounts))
 	}
 	want := Mount{ID: 96, ParentID: 27, Major: 7, Minor: 3, Root: "/sub/dir", MountPoint: "/srv/bind",
 		Options: "rw,relatime", Optional: []string{"shared:50", "master:3", "propagate_from:2"},
@@ -41,6 +42,11 @@ func TestParseMountInfo(t *testing.T) {
 	}
 	if mounts[5].SuperOptions != "" || mounts[4].SuperOptions != "rw,attr2,inode64" {
 		t.Errorf("super options: %q, %q", mounts[5].SuperOptions, mounts[4].SuperOptions)
+	}
+	// mount -t tmpfs "" /mnt/anon: an empty source is an empty field
+	// (two spaces), not a reason to take the super options for the source.
+	if m := mounts[7]; m.Source != "" || m.SuperOptions != "rw,size=4k" || m.FSType != "tmpfs" {
+		t.Errorf("empty source: %+v", m)
 	}
 	if mounts[4].Optional != nil {
 		t.Errorf("no optional fields, got %q", mounts[4].Optional)
@@ -77,6 +83,8 @@ func TestParseMountInfoErrors(t *testing.T) {
 		"22 27 0:21 / /proc - proc proc rw",                     // mount options missing
 		"22 27 0:21 /proc rw - proc proc rw",                    // a field missing
 		"22 27 0:21 / /proc rw shared:1 - ext4 " + `\0` + " rw", // bad source escape
+		"22 27 0:21 / /proc rw -  /dev/x rw",                    // empty filesystem type
+		"22 27 0:21 /  /proc rw - proc proc rw",                 // two spaces: a field shifts
 	} {
 		_, err := ParseMountInfo(strings.NewReader(line+"\n"), nil)
 		if !errors.Is(err, ErrMountInfo) {
@@ -105,7 +113,7 @@ func FuzzParseMountInfo(f *testing.F) {
 			return
 		}
 		for _, m := range mounts {
-			if m.FSType == "" || m.Source == "" || m.MountPoint == "" {
+			if m.FSType == "" || m.Root == "" || m.MountPoint == "" || m.Options == "" {
 				t.Fatalf("accepted a mount with empty fields: %+v", m)
 			}
 		}

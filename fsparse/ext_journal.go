@@ -41,33 +41,59 @@ func (m *extMapper) addJournal() error {
 	w := &extBlockWalk{m: m, budget: extMaxJournalNodes}
 	iblock := inode[0x28 : 0x28+60]
 	if le.Uint32(inode[0x20:])&extInodeExtentsFlag != 0 {
-		return w.extents(iblock, -1)
-	}
-	for i := 0; i < 12; i++ {
-		if err := w.data(uint64(le.Uint32(iblock[4*i:])), 1); err != nil {
+		if err := w.extents(iblock, -1); err != nil {
 			return err
 		}
-	}
-	for level := 1; level <= 3; level++ {
-		if err := w.indirect(uint64(le.Uint32(iblock[4*(11+level):])), level); err != nil {
-			return err
+	} else {
+		for i := 0; i < 12; i++ {
+			if err := w.data(uint64(i), uint64(le.Uint32(iblock[4*i:])), 1); err != nil {
+				return err
+			}
+		}
+		apb := uint64(s.blockSize / 4)
+		base, span := uint64(12), uint64(1)
+		for level := 1; level <= 3; level++ {
+			span *= apb
+			if err := w.indirect(uint64(le.Uint32(iblock[4*(11+level):])), level, base); err != nil {
+				return err
+			}
+			base += span
 		}
 	}
+	m.journal = w.runs
 	return nil
 }
+
+// An extRun maps n logical blocks of a file from logical to physical.
+type extRun struct{ logical, physical, n uint64 }
 
 // extBlockWalk adds the blocks of one inode, its mapping blocks included.
 type extBlockWalk struct {
 	m      *extMapper
 	budget int    // tree blocks still allowed
 	mapped uint64 // data blocks so far; more than the filesystem has is corrupt
+	runs   []extRun
 }
 
-func (w *extBlockWalk) data(b, n uint64) error {
-	s := w.m.s
+// data adds n data blocks from physical block b, logical block logical.
+func (w *extBlockWalk) data(logical, b, n uint64) error {
 	if b == 0 || n == 0 {
 		return nil
 	}
+	if err := w.add(b, n); err != nil {
+		return err
+	}
+	if k := len(w.runs); k > 0 && w.runs[k-1].logical+w.runs[k-1].n == logical && w.runs[k-1].physical+w.runs[k-1].n == b {
+		w.runs[k-1].n += n
+	} else {
+		w.runs = append(w.runs, extRun{logical, b, n})
+	}
+	return nil
+}
+
+// add puts n blocks from b in the map, after checking them.
+func (w *extBlockWalk) add(b, n uint64) error {
+	s := w.m.s
 	if b >= s.blocksCount || n > s.blocksCount-b {
 		return corrupt(s.name, "journal blocks [%d, +%d) beyond the %d blocks", b, n, s.blocksCount)
 	}
@@ -84,7 +110,10 @@ func (w *extBlockWalk) node(b uint64) ([]byte, error) {
 	if w.budget--; w.budget < 0 {
 		return nil, corrupt(s.name, "the journal inode maps more than %d tree blocks", extMaxJournalNodes)
 	}
-	if err := w.data(b, 1); err != nil {
+	if b == 0 {
+		return nil, corrupt(s.name, "journal inode: a mapping block is block 0")
+	}
+	if err := w.add(b, 1); err != nil {
 		return nil, err
 	}
 	p := make([]byte, s.blockSize)
@@ -114,7 +143,7 @@ func (w *extBlockWalk) extents(p []byte, want int) error {
 				n -= 32768 // unwritten extent, still allocated
 			}
 			start := uint64(le.Uint16(e[6:]))<<32 | uint64(le.Uint32(e[8:]))
-			if err := w.data(start, n); err != nil {
+			if err := w.data(uint64(le.Uint32(e[0:])), start, n); err != nil {
 				return err
 			}
 			continue
@@ -131,8 +160,8 @@ func (w *extBlockWalk) extents(p []byte, want int) error {
 }
 
 // indirect walks an ext2/3 indirect block of the given level (1: it lists
-// data blocks).
-func (w *extBlockWalk) indirect(b uint64, level int) error {
+// data blocks) whose first entry maps logical block base.
+func (w *extBlockWalk) indirect(b uint64, level int, base uint64) error {
 	if b == 0 {
 		return nil
 	}
@@ -141,12 +170,17 @@ func (w *extBlockWalk) indirect(b uint64, level int) error {
 		return err
 	}
 	le := binary.LittleEndian
-	for i := 0; i+4 <= len(p); i += 4 {
-		c := uint64(le.Uint32(p[i:]))
+	apb := uint64(len(p) / 4)
+	span := uint64(1)
+	for i := 1; i < level; i++ {
+		span *= apb
+	}
+	for i := uint64(0); i < apb; i++ {
+		c := uint64(le.Uint32(p[4*i:]))
 		if level == 1 {
-			err = w.data(c, 1)
+			err = w.data(base+i, c, 1)
 		} else {
-			err = w.indirect(c, level-1)
+			err = w.indirect(c, level-1, base+i*span)
 		}
 		if err != nil {
 			return err

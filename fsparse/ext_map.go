@@ -42,6 +42,8 @@ type extMapper struct {
 	window uint64
 	// journalTable is the inode table holding the journal inode.
 	journalTable uint64
+	// journal maps the journal inode's logical blocks, once walked.
+	journal []extRun
 }
 
 // extInUse maps an ext2/3/4 filesystem. The map is the union of
@@ -56,11 +58,13 @@ type extMapper struct {
 //   - the internal journal's blocks (inode 8), and block 0 before
 //     s_first_data_block on 1 KiB-block filesystems (boot code).
 //
-// A filesystem whose journal needs recovery is refused with
-// ErrNeedsRecovery: its bitmaps on disk lag the journal, so blocks
-// allocated by committed but unapplied transactions would look free and a
-// backup would silently miss their data. FIFREEZE checkpoints the journal
-// and clears the flag, so a frozen filesystem maps exactly.
+// A filesystem whose journal needs recovery has bitmaps on disk that lag
+// the journal: blocks allocated by committed but unapplied transactions
+// look free, and a backup made from them would silently miss their data.
+// Its journal is replayed in memory (ext_replay.go) and the map made from
+// what recovery would leave; if the journal cannot be replayed, the error
+// wraps ErrNeedsRecovery. FIFREEZE checkpoints the journal and clears the
+// flag, so a frozen filesystem needs none of this.
 func extInUse(ctx context.Context, r io.ReaderAt, size int64) (Info, []Extent, error) {
 	return extInUseWindow(ctx, r, size, extDescWindow)
 }
@@ -72,7 +76,18 @@ func extInUseWindow(ctx context.Context, r io.ReaderAt, size int64, window uint6
 	}
 	info := s.info()
 	if s.needsRecovery {
-		return info, nil, fmt.Errorf("%w: %s: the needs_recovery flag is set (mounted and not frozen, or not cleanly unmounted); freeze it or run e2fsck, or fall back to AllBlocks", ErrNeedsRecovery, s.name)
+		rr, txns, err := extReplay(ctx, s, r)
+		if err != nil {
+			return info, nil, fmt.Errorf("%w: %s: the needs_recovery flag is set (mounted and not frozen, or not cleanly unmounted) and the journal cannot be replayed in memory: %v; freeze it or run e2fsck, or fall back to AllBlocks", ErrNeedsRecovery, s.name, err)
+		}
+		// Map what recovery would leave, from its superblock on.
+		r = rr
+		if s, err = readExtSuper(r, size); err != nil {
+			return info, nil, fmt.Errorf("%w: %s: the superblock after journal replay: %w", ErrNeedsRecovery, info.Filesystem, err)
+		}
+		s.needsRecovery = false
+		info = s.info()
+		info.Notes = append(info.Notes, fmt.Sprintf("the journal needed recovery: %d committed transactions replayed in memory (nothing written); on a mounted filesystem that is not frozen the map can still race with the kernel", txns))
 	}
 	m := &extMapper{s: s, r: r, window: window}
 	if err := m.run(ctx); err != nil {

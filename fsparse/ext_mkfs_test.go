@@ -9,6 +9,7 @@ import (
 	"reflect"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/blockimage/blockimage/internal/testenv"
@@ -156,53 +157,114 @@ func TestExtFilled(t *testing.T) {
 	}
 }
 
-// TestExtNeedsRecovery copies a mounted ext4 (its journal not checkpointed,
-// needs_recovery set, as after a crash): InUse must refuse it with
-// ErrNeedsRecovery rather than trust stale bitmaps. After e2fsck replays
-// the journal, the map agrees with dumpe2fs.
+// TestExtNeedsRecovery copies a mounted ext4 whose journal is not
+// checkpointed (needs_recovery set, as after a crash), the trap partclone
+// falls into. InUse replays the journal in memory: a copy of only its
+// extents, once e2fsck has replayed the copy's journal, holds the same
+// files as the source; its map covers everything the recovered original
+// uses. With the journal superblock destroyed, InUse gives
+// ErrNeedsRecovery instead.
 func TestExtNeedsRecovery(t *testing.T) {
 	testenv.Require(t, testenv.LoopDevices, testenv.Commands("dumpe2fs", "e2fsck", "cp", "partclone.extfs"))
+	for _, sh := range []extShape{
+		{name: "ext4-1k", fstype: "ext4", size: 64 * extMiB, args: []string{"-b", "1024"}},
+		{name: "ext4-4k-64bit", fstype: "ext4", size: 256 * extMiB, args: []string{"-b", "4096", "-O", "64bit"}},
+		{name: "ext3-1k", fstype: "ext3", size: 64 * extMiB, args: []string{"-b", "1024"}},
+	} {
+		t.Run(sh.name, func(t *testing.T) {
+			t.Parallel()
+			d := testenv.NewFilesystem(t, sh.fstype, sh.size, sh.args...)
+			paths := testenv.FillFiles(t, d.MountPoint, testenv.FillOptions{Seed: 7, Files: 30})
+			for _, p := range paths[:10] {
+				if err := os.Remove(p); err != nil {
+					t.Fatal(err)
+				}
+			}
+			testenv.FillFiles(t, filepath.Join(d.MountPoint, "more"), testenv.FillOptions{Seed: 8, Files: 10})
+			want := testenv.TreeDigest(t, d.MountPoint)
+			crashed := testenv.NewImage(t, sh.size)
+			if out, err := exec.Command("cp", d.Image, crashed).CombinedOutput(); err != nil {
+				t.Fatalf("cp: %v: %s", err, out)
+			}
+			if s := extSuperOf(t, crashed); !s.needsRecovery {
+				t.Fatal("the copy of the mounted filesystem does not need recovery")
+			}
+			// What partclone makes of it: it reads the bitmaps as they
+			// are, and refuses when the superblock's lazy counters
+			// disagree with them unless forced (-F).
+			pcOut, pcErr := exec.Command("partclone.extfs", "-f", "0", "-F", "-D", "-s", crashed, "-O", filepath.Join(t.TempDir(), "log"), "-L", filepath.Join(t.TempDir(), "plog")).CombinedOutput()
+			pcStale := int64(-1)
+			if m := extPartcloneUsedRE.FindSubmatch(pcOut); m != nil {
+				blocks, _ := strconv.ParseInt(string(m[1]), 10, 64)
+				bs, _ := strconv.ParseInt(string(m[2]), 10, 64)
+				pcStale = blocks * bs
+			}
+
+			info, es := extMapImage(t, crashed)
+			if len(info.Notes) == 0 || !strings.Contains(strings.Join(info.Notes, "\n"), "replayed") {
+				t.Errorf("no note of the replay: %q", info.Notes)
+			}
+			backup := extCopyExtents(t, crashed, es)
+
+			// Recover both, as a restore would.
+			for _, img := range []string{crashed, backup} {
+				if out, err := exec.Command("e2fsck", "-fy", img).CombinedOutput(); err != nil {
+					var ee *exec.ExitError
+					if !errors.As(err, &ee) || ee.ExitCode() > 1 {
+						t.Fatalf("e2fsck -fy %s: %v\n%s", img, err, out)
+					}
+				}
+				extE2fsckClean(t, img)
+			}
+			recovered, res := extMapImage(t, crashed)
+			for _, e := range res {
+				if !extCovered(es, e.Offset, e.Length) {
+					t.Errorf("the recovered filesystem uses %+v, which the replayed map misses", e)
+				}
+			}
+			t.Logf("needing recovery: ours (journal replayed) %d bytes used, partclone -F %d (err %v); after e2fsck recovery %d",
+				info.UsedBytes, pcStale, pcErr, recovered.UsedBytes)
+
+			c := testenv.AttachLoop(t, backup)
+			c.FSType = sh.fstype
+			if got := testenv.TreeDigest(t, c.Mount(t, "ro")); !reflect.DeepEqual(got, want) {
+				t.Fatalf("the backup of the in-use extents holds %d files differing from the source's %d", len(got), len(want))
+			}
+		})
+	}
+}
+
+// TestExtJournalUnreadable destroys the journal superblock of a filesystem
+// needing recovery: InUse must give ErrNeedsRecovery, not a map from stale
+// bitmaps.
+func TestExtJournalUnreadable(t *testing.T) {
+	testenv.Require(t, testenv.LoopDevices, testenv.Commands("cp"))
 	d := testenv.NewFilesystem(t, "ext4", 64*extMiB)
-	testenv.FillFiles(t, d.MountPoint, testenv.FillOptions{Seed: 7, Files: 20})
+	testenv.FillFiles(t, d.MountPoint, testenv.FillOptions{Seed: 3, Files: 10})
 	crashed := testenv.NewImage(t, 64*extMiB)
 	if out, err := exec.Command("cp", d.Image, crashed).CombinedOutput(); err != nil {
 		t.Fatalf("cp: %v: %s", err, out)
 	}
-	f, err := os.Open(crashed)
+	f, err := os.OpenFile(crashed, os.O_RDWR, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	// What partclone makes of it: it reads the bitmaps as they are, and
-	// refuses when the superblock's lazy counters disagree with them
-	// unless forced (-F), when it maps the stale bitmaps.
-	pcOut, pcErr := exec.Command("partclone.extfs", "-f", "0", "-F", "-D", "-s", crashed, "-O", filepath.Join(t.TempDir(), "log"), "-L", filepath.Join(t.TempDir(), "plog")).CombinedOutput()
-	pcStale := int64(-1)
-	if m := extPartcloneUsedRE.FindSubmatch(pcOut); m != nil {
-		blocks, _ := strconv.ParseInt(string(m[1]), 10, 64)
-		bs, _ := strconv.ParseInt(string(m[2]), 10, 64)
-		pcStale = blocks * bs
+	s, err := readExtSuper(f, 64*extMiB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	jb := extJournalBlocks(t, crashed)
+	if _, err := f.WriteAt(make([]byte, s.blockSize), jb[0]*s.blockSize); err != nil {
+		t.Fatal(err)
 	}
 	info, _, err := InUse(context.Background(), f, 64*extMiB)
 	if !errors.Is(err, ErrNeedsRecovery) {
-		t.Fatalf("InUse on a filesystem needing recovery: err = %v, want ErrNeedsRecovery", err)
+		t.Fatalf("InUse with the journal superblock zeroed: err = %v, want ErrNeedsRecovery", err)
 	}
 	if info.Filesystem != "ext4" || len(info.Notes) == 0 {
 		t.Errorf("Info with ErrNeedsRecovery = %+v, want the superblock's facts and a note", info)
 	}
-	// e2fsck -fy replays the journal; exit status 1 means "fixed".
-	if out, err := exec.Command("e2fsck", "-fy", crashed).CombinedOutput(); err != nil {
-		var ee *exec.ExitError
-		if !errors.As(err, &ee) || ee.ExitCode() > 1 {
-			t.Fatalf("e2fsck -fy: %v\n%s", err, out)
-		}
-	}
-	got, _ := extMapImage(t, crashed)
-	if want := extDumpe2fsUsed(t, crashed); got.UsedBytes != want {
-		t.Errorf("after recovery UsedBytes = %d, dumpe2fs says %d", got.UsedBytes, want)
-	}
-	t.Logf("needing recovery, partclone -F counts %d bytes used (err %v); after the journal is replayed, %d are",
-		pcStale, pcErr, got.UsedBytes)
 }
 
 // TestExtFrozen maps a mounted ext4 while it is frozen, the way a backup

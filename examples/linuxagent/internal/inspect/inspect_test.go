@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"os"
 	"os/exec"
 	"strconv"
 	"strings"
@@ -144,25 +145,21 @@ func TestUnknownAndUsage(t *testing.T) {
 }
 
 // TestBlockDevice inspects a real loop device holding a filled ext4:
-// mounted and not frozen (journal not checkpointed: the summary comes
-// from the superblock with a note, the extents are refused), then
-// unmounted, where the size comes from BLKGETSIZE64 and everything agrees
-// with dumpe2fs.
+// mounted and not frozen (its journal not checkpointed, which fsparse
+// replays in memory, with a note), then unmounted, where the size comes
+// from BLKGETSIZE64 and everything agrees with dumpe2fs.
 func TestBlockDevice(t *testing.T) {
 	testenv.Require(t, testenv.LoopDevices, testenv.Commands("dumpe2fs"))
 	const size = 256 << 20
 	d := testenv.NewFilesystem(t, "ext4", size, "-b", "4096")
 	testenv.FillFiles(t, d.MountPoint, testenv.FillOptions{Seed: 5, Files: 40})
 
-	code, out, errs := run(t, d.Path, "--json")
+	code, out, errs := run(t, d.Path, "--json", "--extents")
 	if code != 0 {
 		t.Fatalf("inspect of the mounted device: exit %d: %s", code, errs)
 	}
-	if r := decode(t, out); r.Filesystem != "ext4" || r.DeviceBytes != size || len(r.Notes) == 0 {
-		t.Errorf("mounted device: %+v, want ext4, %d bytes and a note on the journal", r, size)
-	}
-	if code, _, errs := run(t, d.Path, "--extents"); code != 1 || !strings.Contains(errs, "fsfreeze") {
-		t.Errorf("--extents on a mounted, unfrozen device: exit %d, stderr %q; want 1 and advice", code, errs)
+	if r := decode(t, out); r.Filesystem != "ext4" || r.DeviceBytes != size || !strings.Contains(strings.Join(r.Notes, " "), "replayed") {
+		t.Errorf("mounted device: %+v, want ext4, %d bytes and a note on the journal replay", r, size)
 	}
 
 	d.Unmount(t)
@@ -171,4 +168,43 @@ func TestBlockDevice(t *testing.T) {
 		t.Fatalf("inspect %s: exit %d: %s", d.Path, code, errs)
 	}
 	checkReport(t, decode(t, out), d.Path, size)
+}
+
+// TestJournalUnreadable inspects a copy of a mounted ext4 whose journal
+// superblock is destroyed, so that its journal cannot be replayed: the
+// summary comes from the superblock's counters with a note, and
+// --extents is refused with advice.
+func TestJournalUnreadable(t *testing.T) {
+	testenv.Require(t, testenv.LoopDevices, testenv.Commands("debugfs", "cp"))
+	const size = 64 << 20
+	d := testenv.NewFilesystem(t, "ext4", size, "-b", "4096")
+	testenv.FillFiles(t, d.MountPoint, testenv.FillOptions{Seed: 6, Files: 10})
+	img := testenv.NewImage(t, size)
+	if out, err := exec.Command("cp", d.Image, img).CombinedOutput(); err != nil {
+		t.Fatalf("cp: %v: %s", err, out)
+	}
+	out, err := exec.Command("debugfs", "-R", "bmap <8> 0", img).Output()
+	if err != nil {
+		t.Fatalf("debugfs bmap <8> 0: %v", err)
+	}
+	jsb, err := strconv.ParseInt(strings.TrimSpace(string(out)), 10, 64)
+	if err != nil {
+		t.Fatalf("debugfs bmap <8> 0: %q", out)
+	}
+	f, err := os.OpenFile(img, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt(make([]byte, 4096), jsb*4096); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+
+	code, stdout, errs := run(t, img, "--json")
+	if r := decode(t, stdout); code != 0 || r.Filesystem != "ext4" || !strings.Contains(strings.Join(r.Notes, " "), "superblock's counters") {
+		t.Errorf("summary of a filesystem whose journal cannot be replayed: exit %d, %+v, stderr %q", code, r, errs)
+	}
+	if code, _, errs := run(t, img, "--extents"); code != 1 || !strings.Contains(errs, "fsfreeze") {
+		t.Errorf("--extents: exit %d, stderr %q; want 1 and advice", code, errs)
+	}
 }

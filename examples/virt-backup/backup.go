@@ -1,0 +1,478 @@
+package main
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/blockimage/blockimage/virt"
+)
+
+type backupOptions struct {
+	dest         string
+	uri          string
+	names        []string
+	codec        codec
+	leaveStopped bool
+	prog         *progress
+}
+
+func runBackup(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := newFlagSet("backup",
+		"virt-backup backup --destination-path PATH [--hypervisor-uri URI] [--domain-names NAMES] [--compression none|lzma]",
+		`Back up libvirt domains into PATH (created if missing; it must not hold a
+backup already). A running domain's memory is saved to <name>.sav, which
+stops it; its disks are copied, then it is restored from that memory and
+runs on (the summary reports the downtime). A shut-off domain's disks are
+copied as they are. NAMES is a comma-separated list of domain names;
+without it every domain of the hypervisor is backed up.
+`, stdout, stderr)
+	dest := fs.String("destination-path", "", "directory to write the backup to (required)")
+	uri := fs.String("hypervisor-uri", virt.DefaultURI, "libvirt URI of the hypervisor")
+	names := fs.String("domain-names", "", "comma-separated domain names (default: all domains)")
+	compression := fs.String("compression", virt.CompressionNone, "disk image compression: none or lzma (.xz, readable by xz -d)")
+	level := fs.Int("compression-level", 1, "xz preset 0..9 for --compression lzma")
+	leave := fs.Bool("leave-stopped", false, "do not resume running domains after the backup (they stay shut off)")
+	asJSON := fs.Bool("json", false, "print the summary as JSON")
+	if done, code := parse(fs, args, stdout); done {
+		return code
+	}
+	if *dest == "" {
+		return usageError(fs, "--destination-path is required")
+	}
+	nameList, err := splitNames(*names)
+	if err != nil {
+		return usageError(fs, "%v", err)
+	}
+	if *level < 0 || *level > 9 {
+		return usageError(fs, "--compression-level %d is not in 0..9", *level)
+	}
+	prog := newProgress(stderr)
+	var warnings []string
+	c, err := codecFor(*compression, *level, func(f string, a ...any) { warnings = append(warnings, fmt.Sprintf(f, a...)) })
+	if err != nil {
+		return usageError(fs, "%v", err)
+	}
+	o := backupOptions{dest: *dest, uri: *uri, names: nameList, codec: c, leaveStopped: *leave, prog: prog}
+	s := &summary{Command: "backup", Destination: *dest}
+	fatal := backup(ctx, o, s)
+	return s.finish(stdout, *asJSON, fatal)
+}
+
+// backup backs up every selected domain into o.dest. It returns true when
+// nothing could be done (s.Error says why); per-domain failures are in s.
+func backup(ctx context.Context, o backupOptions, s *summary) (fatal bool) {
+	if err := os.MkdirAll(o.dest, 0o755); err != nil {
+		s.Error = err.Error()
+		return true
+	}
+	metaPath := filepath.Join(o.dest, virt.MetadataFile)
+	if _, err := os.Lstat(metaPath); err == nil {
+		s.Error = fmt.Sprintf("%s already holds a backup (%s); choose an empty directory", o.dest, virt.MetadataFile)
+		return true
+	}
+	conn, err := virt.Connect(ctx, o.uri)
+	if err != nil {
+		s.Error = err.Error()
+		return true
+	}
+	defer conn.Close()
+	doms, err := conn.Domains(ctx, o.names...)
+	var nf *virt.NotFoundError
+	if errors.As(err, &nf) {
+		missing := map[string]bool{}
+		for _, n := range nf.Names {
+			missing[n] = true
+		}
+		var rest []string
+		for _, n := range o.names {
+			if !missing[n] {
+				rest = append(rest, n)
+			}
+		}
+		doms, err = nil, nil
+		if len(rest) > 0 {
+			doms, err = conn.Domains(ctx, rest...)
+		}
+		for _, n := range nf.Names {
+			s.Domains = append(s.Domains, domainResult{Name: n, Error: "no such domain"})
+		}
+	}
+	if err != nil {
+		s.Error = err.Error()
+		return true
+	}
+	meta := &virt.Metadata{Created: time.Now().UTC().Truncate(time.Second), Hypervisor: conn.URI()}
+	for _, d := range doms {
+		res, dm := backupDomain(ctx, conn, d, o)
+		_ = d.Free()
+		s.Domains = append(s.Domains, res)
+		if res.OK {
+			meta.Domains = append(meta.Domains, *dm)
+		}
+	}
+	if len(meta.Domains) == 0 {
+		return false
+	}
+	if err := writeMetadata(meta, metaPath); err != nil {
+		s.Error = err.Error()
+		for i := range s.Domains {
+			s.Domains[i].OK = false
+		}
+	}
+	return false
+}
+
+// writeMetadata writes m to path, which must not exist, durably.
+func writeMetadata(m *virt.Metadata, path string) error {
+	tmp := path + ".partial"
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp)
+	if _, err := m.WriteTo(f); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	// link, not rename: never replace a metadata file that appeared.
+	if err := os.Link(tmp, path); err != nil {
+		return err
+	}
+	return syncDir(filepath.Dir(path))
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+// plannedDisk is a disk to copy, checked before the guest is stopped.
+type plannedDisk struct {
+	disk   virt.Disk
+	stored string // stored file name, without the codec extension
+	attrs  virt.FileAttrs
+	chain  []virt.ImageLayer
+}
+
+func backupDomain(ctx context.Context, conn *virt.Conn, d *virt.Domain, o backupOptions) (res domainResult, dm *virt.DomainMetadata) {
+	name := d.Name()
+	res.Name = name
+	var created []string
+	defer func() {
+		if !res.OK {
+			for _, p := range created {
+				os.Remove(p)
+			}
+		}
+	}()
+	fail := func(err error) (domainResult, *virt.DomainMetadata) {
+		res.Error = err.Error()
+		return res, nil
+	}
+	if err := virt.CheckName(name); err != nil {
+		return fail(fmt.Errorf("domain name is not usable as a file name: %w", err))
+	}
+	uuid, err := d.UUID()
+	if err != nil {
+		return fail(err)
+	}
+	state, err := d.State(ctx)
+	if err != nil {
+		return fail(err)
+	}
+	res.Running = state.Active()
+	inactive, err := d.XML(ctx, true)
+	if err != nil {
+		return fail(err)
+	}
+	plan, err := planDisks(ctx, d, inactive, state.Active())
+	if err != nil {
+		return fail(err)
+	}
+	dm = &virt.DomainMetadata{Name: name, UUID: uuid, Running: state.Active(), State: string(state)}
+
+	// The domain XML first: refuse a clobbering destination before the
+	// guest is touched.
+	xmlName := name + ".xml"
+	xmlPath := filepath.Join(o.dest, xmlName)
+	if err := writeNew(xmlPath, []byte(inactive)); err != nil {
+		return fail(err)
+	}
+	created = append(created, xmlPath)
+	sum := sha256.Sum256([]byte(inactive))
+	dm.XML = virt.StoredFile{File: xmlName, Size: int64(len(inactive)), SHA256: hex.EncodeToString(sum[:])}
+	for i := range plan {
+		p := filepath.Join(o.dest, plan[i].stored+o.ext())
+		if _, err := os.Lstat(p); err == nil {
+			return fail(fmt.Errorf("%s exists; not overwriting it", p))
+		}
+	}
+
+	savName := name + ".sav"
+	savPath := filepath.Join(o.dest, savName)
+	if state.Active() {
+		if _, err := os.Lstat(savPath); err == nil {
+			return fail(fmt.Errorf("%s exists; not overwriting it", savPath))
+		}
+		abs, err := filepath.Abs(savPath)
+		if err != nil {
+			return fail(err)
+		}
+		o.prog.note("%s: saving memory (the guest stops until its disks are copied)", name)
+		t0 := time.Now()
+		if err := d.Save(ctx, abs); err != nil {
+			os.Remove(savPath)
+			return fail(err)
+		}
+		res.SaveSeconds = time.Since(t0).Seconds()
+		created = append(created, savPath)
+		// Whatever happens to the copies, the guest comes back.
+		resumed := false
+		defer func() {
+			if !resumed && !o.leaveStopped {
+				if err := conn.Restore(context.WithoutCancel(ctx), abs, "", false); err != nil {
+					res.OK = false
+					res.Error = strings.TrimPrefix(res.Error+"; ", "; ") + fmt.Sprintf("the guest could NOT be resumed (%v); its memory is in %s: keep that file and run 'virsh restore %s'", err, abs, abs)
+					created = nil // keep the .sav: it is the guest's memory
+				}
+			}
+		}()
+		for _, p := range plan {
+			dr, dk, err := copyDisk(ctx, o, name, p)
+			if err != nil {
+				return fail(err)
+			}
+			created = append(created, filepath.Join(o.dest, dk.Stored.File))
+			res.Disks = append(res.Disks, dr)
+			dm.Disks = append(dm.Disks, dk)
+		}
+		if !o.leaveStopped {
+			if err := conn.Restore(ctx, abs, "", false); err != nil {
+				res.Warnings = append(res.Warnings, fmt.Sprintf("backup complete, but the guest could not be resumed: %v; run 'virsh restore %s'", err, abs))
+			} else {
+				res.DowntimeSeconds = time.Since(t0).Seconds()
+			}
+		}
+		resumed = true
+		h, size, err := virt.FileSHA256(ctx, savPath)
+		if err != nil {
+			return fail(err)
+		}
+		dm.Memory = &virt.StoredFile{File: savName, Size: size, SHA256: h}
+	} else {
+		for _, p := range plan {
+			dr, dk, err := copyDisk(ctx, o, name, p)
+			if err != nil {
+				return fail(err)
+			}
+			created = append(created, filepath.Join(o.dest, dk.Stored.File))
+			res.Disks = append(res.Disks, dr)
+			dm.Disks = append(dm.Disks, dk)
+		}
+	}
+	if st, err := d.State(ctx); err == nil {
+		res.State = string(st)
+	}
+	res.OK = true
+	return res, dm
+}
+
+func (o backupOptions) ext() string {
+	if o.codec == nil {
+		return ""
+	}
+	return o.codec.ext()
+}
+
+// planDisks lists the disks to copy (the live XML's, for a running guest,
+// plus any only in the persistent definition) and checks that each can be
+// copied, so that an unsupported disk fails before the guest is stopped.
+func planDisks(ctx context.Context, d *virt.Domain, inactive string, active bool) ([]plannedDisk, error) {
+	docs := []string{inactive}
+	if active {
+		live, err := d.XML(ctx, false)
+		if err != nil {
+			return nil, err
+		}
+		docs = []string{live, inactive}
+	}
+	var plan []plannedDisk
+	seen := map[string]bool{}
+	used := map[string]bool{}
+	for _, doc := range docs {
+		dx, err := virt.ParseDomain(strings.NewReader(doc))
+		if err != nil {
+			return nil, err
+		}
+		for _, k := range dx.Disks {
+			if err := k.CheckSupported(); err != nil {
+				return nil, err
+			}
+			if !k.Copyable() || seen[k.Source] {
+				continue
+			}
+			seen[k.Source] = true
+			if err := virt.CheckName(k.Target); err != nil {
+				return nil, fmt.Errorf("disk target: %w", err)
+			}
+			if k.Format == "" {
+				k.Format = "raw"
+			}
+			stored := fmt.Sprintf("%s.%s.%s", dx.Name, k.Target, k.Format)
+			for i := 2; used[stored]; i++ {
+				stored = fmt.Sprintf("%s.%s-%d.%s", dx.Name, k.Target, i, k.Format)
+			}
+			used[stored] = true
+			attrs, err := virt.ReadAttrs(k.Source)
+			if err != nil {
+				return nil, fmt.Errorf("disk %s: %w", k.Target, err)
+			}
+			p := plannedDisk{disk: k, stored: stored, attrs: attrs}
+			if k.Format == "qcow2" {
+				chain, err := virt.ImageChain(ctx, k.Source, k.Format)
+				if err != nil {
+					return nil, fmt.Errorf("disk %s: %w", k.Target, err)
+				}
+				if len(chain) > 1 {
+					p.chain = chain[1:]
+				}
+			}
+			plan = append(plan, p)
+		}
+	}
+	return plan, nil
+}
+
+// copyDisk copies one disk into the backup folder.
+func copyDisk(ctx context.Context, o backupOptions, domain string, p plannedDisk) (diskResult, virt.DiskMetadata, error) {
+	src := p.disk.Source
+	dk := virt.DiskMetadata{
+		Domain: domain, Type: p.disk.Type, Device: p.disk.Device, Target: p.disk.Target, Format: p.disk.Format,
+		Source: src, UID: p.attrs.UID, GID: p.attrs.GID, Mode: p.attrs.Mode, SELinux: p.attrs.SELinux,
+		Compression: virt.CompressionNone,
+	}
+	if len(p.chain) > 0 {
+		// A backing chain is flattened into one standalone image so that
+		// the backup restores without the base images.
+		flat := filepath.Join(o.dest, "."+p.stored+".flatten")
+		o.prog.note("%s: flattening the backing chain of %s", domain, p.disk.Target)
+		if err := virt.Flatten(ctx, src, p.disk.Format, flat); err != nil {
+			os.Remove(flat)
+			return diskResult{}, dk, err
+		}
+		defer os.Remove(flat)
+		src = flat
+		dk.Flattened = true
+		for _, l := range p.chain {
+			dk.BackingChain = append(dk.BackingChain, l.Filename)
+		}
+	}
+	in, err := os.Open(src)
+	if err != nil {
+		return diskResult{}, dk, err
+	}
+	defer in.Close()
+	size, err := in.Seek(0, io.SeekEnd) // works for block devices too
+	if err != nil {
+		return diskResult{}, dk, fmt.Errorf("size of %s: %w", src, err)
+	}
+	dk.Size = size
+	storedName := p.stored + o.ext()
+	storedPath := filepath.Join(o.dest, storedName)
+	out, err := os.OpenFile(storedPath, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return diskResult{}, dk, err
+	}
+	ok := false
+	defer func() {
+		out.Close()
+		if !ok {
+			os.Remove(storedPath)
+		}
+	}()
+	o.prog.begin(fmt.Sprintf("%s %s", domain, p.disk.Target))
+	defer o.prog.end()
+	cp := virt.Copier{Progress: o.prog.update}
+	var dg virt.Digest
+	if o.codec == nil {
+		dg, err = cp.CopySparse(ctx, out, in, size)
+		if err != nil {
+			return diskResult{}, dk, err
+		}
+		dk.Stored = virt.StoredFile{File: storedName, Size: size, SHA256: dg.SHA256}
+	} else {
+		h := sha256.New()
+		cw := &countWriter{w: io.MultiWriter(out, h)}
+		zw, err := o.codec.newWriter(ctx, cw)
+		if err != nil {
+			return diskResult{}, dk, err
+		}
+		dg, err = cp.WriteLogical(ctx, zw, in, size)
+		if cerr := zw.Close(); err == nil && cerr != nil {
+			err = fmt.Errorf("compressing: %w", cerr)
+		}
+		if err != nil {
+			return diskResult{}, dk, err
+		}
+		if err := out.Sync(); err != nil {
+			return diskResult{}, dk, err
+		}
+		dk.Compression = o.codec.name()
+		dk.Stored = virt.StoredFile{File: storedName, Size: cw.n, SHA256: hex.EncodeToString(h.Sum(nil))}
+	}
+	dk.SHA256 = dg.SHA256
+	ok = true
+	return diskResult{
+		Target: p.disk.Target, Source: p.disk.Source, File: storedName, Size: size, DataBytes: dg.DataBytes,
+		StoredBytes: dk.Stored.Size, SHA256: dg.SHA256, Flattened: dk.Flattened,
+	}, dk, nil
+}
+
+type countWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
+}
+
+// writeNew writes data to path, which must not exist.
+func writeNew(path string, data []byte) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		os.Remove(path)
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		os.Remove(path)
+		return err
+	}
+	return f.Close()
+}

@@ -4,7 +4,8 @@ package fsparse
 // Documentation/filesystems/ext4/ (https://docs.kernel.org/filesystems/ext4/)
 // and implemented by e2fsprogs' lib/ext2fs. This file reads and validates
 // the superblock; ext_map.go builds the in-use map from the group
-// descriptors and block bitmaps.
+// descriptors and block bitmaps; ext_journal.go walks the journal inode;
+// ext_replay.go replays a journal that needs recovery, in memory.
 
 import (
 	"encoding/binary"
@@ -280,6 +281,9 @@ func (s *extSuper) info() Info {
 	}
 	if s.compat&extCompatHasJournal != 0 && s.journalInum == 0 {
 		info.Notes = append(info.Notes, "the journal is external, on another device; it is not in this map")
+	}
+	if s.state&0x0001 == 0 && s.compat&extCompatHasJournal == 0 { // EXT2_VALID_FS
+		info.Notes = append(info.Notes, "not marked clean (mounted, or not cleanly unmounted) and without a journal: unless it is frozen or read-only, the bitmaps may be inconsistent; run e2fsck -n to check")
 	}
 	if s.state&0x0002 != 0 { // EXT2_ERROR_FS
 		info.Notes = append(info.Notes, "the filesystem is marked as having errors; run e2fsck")

@@ -68,8 +68,14 @@
 //     otherwise, plus scheduling delay on a busy machine (from the kill to
 //     a blocked writer's completed write and fsync, 3 to 103 ms, median
 //     about 10 ms, on a loaded 2-core machine); and never more than
-//     Deadline plus grace after the freeze. If Run cannot start the watchdog it does not
-//     freeze.
+//     Deadline plus grace after the freeze. If Run cannot start the
+//     watchdog it does not freeze; if the watchdog exits while frozen,
+//     Run ends the freeze at once and returns an error wrapping
+//     [ErrNotConsistent] (and [ErrWatchdog] if it died without thawing).
+//     Only one of the two thaws: once the watchdog has thawed, or Run's
+//     FITHAW has found the filesystem thawed, the other stays away from
+//     it, because a FITHAW then could end a freeze someone else took
+//     meanwhile.
 //   - Refusal: Run refuses, with [ErrRefused], to freeze the filesystem
 //     mounted at / or holding the running binary (os.Executable): the
 //     program could hang paging itself in, and the machine with it.
@@ -91,9 +97,10 @@
 // What it cannot do: a SIGKILL sent to every process of the agent's cgroup
 // at once (systemd's KillMode=control-group after its stop timeout) kills
 // the watchdog too, so run an agent with KillMode=mixed or process; and a
-// watchdog whose parent died in the instant between its own thaw and
-// telling the watchdog could thaw a freeze someone else took in that
-// instant. The critical section must not write to the frozen filesystem,
+// watchdog whose parent died in the instant between its own thaw (or a
+// FIFREEZE that failed because someone else froze first) and telling the
+// watchdog could thaw a freeze someone else holds: the kernel does not
+// tell one userspace freeze from another. The critical section must not write to the frozen filesystem,
 // log to it included: such a write blocks until the thaw.
 //
 // The ioctls need CAP_SYS_ADMIN. The package builds everywhere; outside

@@ -18,6 +18,10 @@ import (
 // deadline passed.
 var errOverrun = fmt.Errorf("%w: the freeze deadline passed", ErrNotConsistent)
 
+// errWatchdogThawed stands for the parent's thaw when the watchdog had
+// already ended the freeze.
+var errWatchdogThawed = errors.New("blockdev: the watchdog thawed first")
+
 func (s *Sequencer) run(ctx context.Context, critical func(context.Context) error, rep Report) (Report, error) {
 	major, minor, err := blockDevNumber(s.Device)
 	if err != nil {
@@ -258,15 +262,27 @@ func (s *Sequencer) runFrozen(ctx context.Context, dir, dev *os.File, wd *watchd
 		}
 		thawed = true
 		t := time.Now()
-		thawErr = thawRetry(dir)
+		if code, exited := wd.exitCode(); exited && (code == wdExitThawed || code == wdExitNotFrozen) {
+			// The watchdog ended the freeze (its deadline, a SIGTERM)
+			// or found it ended: a FITHAW of ours now could end a
+			// freeze someone else took since.
+			thawErr = errWatchdogThawed
+		} else {
+			thawErr = thawRetry(dir)
+		}
 		rep.Thaw = time.Since(t)
 		rep.FrozenFor = time.Since(start)
 	}
 	defer thawNow()
+	// notFrozen says whether the filesystem is no longer frozen by us,
+	// so that the watchdog must not thaw it.
+	notFrozen := func() bool {
+		return thawErr == nil || errors.Is(thawErr, unix.EINVAL) || errors.Is(thawErr, errWatchdogThawed)
+	}
 
 	if err := wd.frozen(); err != nil {
 		thawNow()
-		wd.finish(thawErr == nil)
+		wd.finish(notFrozen())
 		return rep, errors.Join(fmt.Errorf("%w: %v (thawed at once)", ErrWatchdog, err), thawErr)
 	}
 
@@ -291,6 +307,16 @@ func (s *Sequencer) runFrozen(ctx context.Context, dir, dev *os.File, wd *watchd
 	case sig := <-sigc:
 		rep.Signal = sig
 		cutErr = fmt.Errorf("%w (%v): %w", ErrInterrupted, sig, ErrNotConsistent)
+	case <-wd.exited:
+		// The safety net is gone, or it has thawed (its deadline
+		// passed while this process could not run, or someone sent it
+		// SIGTERM): end the freeze now, ourselves unless it did.
+		code, _ := wd.exitCode()
+		if code == wdExitThawed || code == wdExitNotFrozen {
+			cutErr = fmt.Errorf("%w: the freeze ended early (%s)", ErrNotConsistent, wd.note(code))
+		} else {
+			cutErr = fmt.Errorf("%w: %w: it exited while the filesystem was frozen (%s); thawed at once", ErrNotConsistent, ErrWatchdog, wd.note(code))
+		}
 	}
 	thawNow()
 	if cutErr != nil {
@@ -298,7 +324,7 @@ func (s *Sequencer) runFrozen(ctx context.Context, dir, dev *os.File, wd *watchd
 		cancel(cutErr)
 		res = <-done
 	}
-	wdCode, wdNote := wd.finish(thawErr == nil)
+	wdCode, wdNote := wd.finish(notFrozen())
 	rep.FlushBuffers, rep.FlushTracer, rep.Critical = res.flush, res.tracer, res.critics
 
 	if res.panicked {
@@ -311,6 +337,8 @@ func (s *Sequencer) runFrozen(ctx context.Context, dir, dev *os.File, wd *watchd
 	}
 	if thawErr != nil {
 		switch {
+		case errors.Is(thawErr, errWatchdogThawed):
+			thawErr = fmt.Errorf("%w: the watchdog ended the freeze of %s before Run did (%s)", ErrNotConsistent, rep.MountPoint, wdNote)
 		case errors.Is(thawErr, unix.EINVAL):
 			// Someone thawed it before us: the freeze did not cover the
 			// whole critical section.

@@ -190,6 +190,11 @@ func TestSequencerErrorsAndCancellation(t *testing.T) {
 	if !errors.Is(err, ErrNotConsistent) || !strings.Contains(err.Error(), "thawed by someone else") {
 		t.Errorf("thawed under the sequencer: %v", err)
 	}
+	// And the watchdog was told not to thaw: by now the filesystem could
+	// be frozen again by whoever thawed it, and that freeze is not ours.
+	if !strings.Contains(err.Error(), "the watchdog did nothing") {
+		t.Errorf("the watchdog tried a thaw of its own after the sequencer found the filesystem thawed: %v", err)
+	}
 
 	_, err = (&Sequencer{Device: d.Path}).Run(context.Background(), func(context.Context) error {
 		runtime.Goexit()

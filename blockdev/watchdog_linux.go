@@ -127,25 +127,46 @@ func (w *watchdog) disarm() {
 	w.release()
 }
 
-// finish ends the watchdog after the parent's thaw. When that thaw
-// failed, the child is left to try its own (closing the pipe without T
-// makes an armed child thaw). It returns the child's exit code and what it
-// means, for error messages.
-func (w *watchdog) finish(parentThawed bool) (int, string) {
-	if parentThawed {
+// finish ends the watchdog after the parent's thaw. notFrozen says the
+// filesystem is no longer frozen by us: the parent thawed it, or found it
+// thawed (by someone else, or by the watchdog): the child is told T and
+// must not thaw, for a FITHAW now could end a freeze someone else took
+// since. Only when the parent's own FITHAW failed otherwise is the child
+// left to try its own (closing the pipe without T makes an armed child
+// thaw). It returns the child's exit code and what it means, for error
+// messages.
+func (w *watchdog) finish(notFrozen bool) (int, string) {
+	if notFrozen {
 		_ = w.send("T")
 	}
 	w.release()
 	code := w.cmd.ProcessState.ExitCode()
+	return code, w.note(code)
+}
+
+// exitCode reports, without waiting, whether the child has exited, and
+// its exit code (-1 if a signal killed it).
+func (w *watchdog) exitCode() (code int, exited bool) {
+	select {
+	case <-w.exited:
+		return w.cmd.ProcessState.ExitCode(), true
+	default:
+		return 0, false
+	}
+}
+
+// note says what the child's exit code means, for error messages; call it
+// once the child has exited.
+func (w *watchdog) note(code int) string {
 	switch code {
 	case wdExitDone:
-		return code, "the watchdog did nothing"
+		return "the watchdog did nothing"
 	case wdExitThawed:
-		return code, "the watchdog thawed it"
+		return "the watchdog thawed it"
 	case wdExitNotFrozen:
-		return code, "the watchdog found it thawed"
+		return "the watchdog found it thawed"
 	default:
-		return code, fmt.Sprintf("watchdog: %v", w.waitErr)
+		return fmt.Sprintf("watchdog: %v", w.waitErr)
 	}
 }
 

@@ -1,6 +1,11 @@
 package blockdev
 
 import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -64,4 +69,75 @@ func TestWatchdogDeadline(t *testing.T) {
 	if !strings.Contains(stderr.String(), "passed since the freeze") {
 		t.Errorf("the watchdog's deadline did not thaw:\n%s", stderr)
 	}
+}
+
+// TestSequencerWatchdogGoneWhileFrozen: the watchdog ends while the
+// critical section runs. Killed with SIGKILL (no thaw of its own), Run
+// thaws at once and says the watchdog is gone; sent SIGTERM (it thaws and
+// exits), Run cuts the critical section and does not FITHAW again, which
+// could end a freeze someone else took after the watchdog's thaw. Neither
+// waits for the deadline (a minute): the critical section's context is
+// cancelled for the watchdog's exit, not for the deadline.
+func TestSequencerWatchdogGoneWhileFrozen(t *testing.T) {
+	for _, c := range []struct {
+		sig  syscall.Signal
+		want string
+	}{{syscall.SIGKILL, "it exited while the filesystem was frozen"}, {syscall.SIGTERM, "the watchdog thawed it"}} {
+		t.Run(c.sig.String(), func(t *testing.T) {
+			d := newTestFilesystem(t, "ext4")
+			var cause error
+			rep, err := (&Sequencer{Device: d.Path, Deadline: time.Minute}).Run(context.Background(), func(ctx context.Context) error {
+				pid := watchdogPID(t)
+				if pid == 0 {
+					return errors.New("no watchdog child found")
+				}
+				if err := syscall.Kill(pid, c.sig); err != nil {
+					return err
+				}
+				<-ctx.Done()
+				cause = context.Cause(ctx)
+				return ctx.Err()
+			})
+			if !errors.Is(err, ErrNotConsistent) || !strings.Contains(err.Error(), c.want) || !rep.Cut {
+				t.Errorf("Run = %v, %+v; want ErrNotConsistent saying %q", err, rep, c.want)
+			}
+			if c.sig == syscall.SIGKILL && !errors.Is(err, ErrWatchdog) {
+				t.Errorf("Run = %v, want ErrWatchdog", err)
+			}
+			if errors.Is(cause, errOverrun) {
+				t.Errorf("the critical section was cut by the deadline, not by the watchdog's exit: %v", cause)
+			}
+			if frozen(t, d.MountPoint) {
+				t.Error("still frozen")
+			}
+			startWriter(t, d.MountPoint, "after").wait(t)
+		})
+	}
+}
+
+// watchdogPID finds the watchdog child of this process in /proc, or 0.
+func watchdogPID(t *testing.T) int {
+	t.Helper()
+	stats, _ := filepath.Glob("/proc/[0-9]*/stat")
+	for _, p := range stats {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		i := strings.LastIndexByte(string(b), ')')
+		if i < 0 {
+			continue
+		}
+		f := strings.Fields(string(b[i+1:])) // state, ppid, ...
+		if len(f) < 2 || f[1] != strconv.Itoa(os.Getpid()) {
+			continue
+		}
+		dir := filepath.Dir(p)
+		cmdline, _ := os.ReadFile(filepath.Join(dir, "cmdline"))
+		if strings.Contains(string(cmdline), "["+watchdogName+"]") {
+			pid, _ := strconv.Atoi(filepath.Base(dir))
+			return pid
+		}
+	}
+	return 0
 }

@@ -1,0 +1,93 @@
+// Command nbdwrite copies an image file to an NBD export with nbd.Sink, for
+// bench/nbd-write: nbdwrite [flags] IMAGE NBD-URI.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"github.com/blockimage/blockimage/nbd"
+)
+
+func main() {
+	conns := flag.Int("connections", 0, "connections when the export allows multi-conn (0: default)")
+	inflight := flag.Int("requests", 0, "requests in flight per connection (0: default)")
+	reqSize := flag.Int("request-size", 0, "request size in bytes (0: default)")
+	chunk := flag.Int("chunk", 4<<20, "bytes per WriteAt call")
+	maxUnflushed := flag.Int64("max-unflushed", 0, "bound on unflushed bytes held in memory (0: default)")
+	zero := flag.String("zero", "write", "all-zero blocks: write, allocate, trim or skip")
+	noFlush := flag.Bool("no-flush", false, "do not flush at the end")
+	verbose := flag.Bool("v", false, "print a summary")
+	flag.Parse()
+	if flag.NArg() != 2 {
+		fmt.Fprintln(os.Stderr, "usage: nbdwrite [flags] IMAGE NBD-URI")
+		os.Exit(2)
+	}
+	o := nbd.SinkOptions{
+		Options:      nbd.Options{Connections: *conns, MaxInFlight: *inflight, RequestSize: *reqSize},
+		MaxUnflushed: *maxUnflushed,
+	}
+	switch *zero {
+	case "write":
+		o.Zero = nbd.ZeroWrite
+	case "allocate":
+		o.Zero = nbd.ZeroAllocate
+	case "trim":
+		o.Zero = nbd.ZeroTrim
+	case "skip":
+		o.Zero = nbd.ZeroSkip
+	default:
+		fmt.Fprintf(os.Stderr, "nbdwrite: bad -zero %q\n", *zero)
+		os.Exit(2)
+	}
+	if err := run(flag.Arg(0), flag.Arg(1), o, *chunk, !*noFlush, *verbose); err != nil {
+		fmt.Fprintln(os.Stderr, "nbdwrite:", err)
+		os.Exit(1)
+	}
+}
+
+func run(image, uri string, o nbd.SinkOptions, chunk int, flush, verbose bool) error {
+	ctx := context.Background()
+	start := time.Now()
+	f, err := os.Open(image)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	s, err := nbd.NewSink(ctx, uri, o)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	buf := make([]byte, chunk)
+	var off int64
+	for off < s.Size() {
+		n, err := io.ReadFull(f, buf[:min(int64(chunk), s.Size()-off)])
+		if n > 0 {
+			if err := s.WriteAt(ctx, buf[:n], off); err != nil {
+				return err
+			}
+			off += int64(n)
+		}
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			break
+		}
+		if err != nil {
+			return err
+		}
+	}
+	if flush {
+		if err := s.Flush(ctx); err != nil {
+			return err
+		}
+	}
+	if verbose {
+		fmt.Fprintf(os.Stderr, "nbdwrite: %d bytes in %v, %d reconnects\n", off, time.Since(start), s.Reconnects())
+	}
+	return s.Close()
+}

@@ -82,6 +82,33 @@ func TestBackupRestore(t *testing.T) {
 	runOK(t, exitOK, "verify", "--source-path", backupDir)
 	xzDir := compressedBackup(t, work, run1, run2.Name, off.Name)
 
+	// One domain's failure does not stop the others.
+	partial := filepath.Join(work, "partial")
+	r = runOK(t, exitFailed, "backup", "--destination-path", partial, "--domain-names", "no-such-domain,"+off.Name, "--json")
+	if d := r.domain(t, "no-such-domain"); d.OK || !strings.Contains(d.Error, "no such domain") {
+		t.Fatalf("missing domain: %+v", d)
+	}
+	if d := r.domain(t, off.Name); !d.OK {
+		t.Fatalf("the existing domain failed with the missing one: %+v", d)
+	}
+	if m := readMeta(t, partial); len(m.Domains) != 1 || m.Domains[0].Name != off.Name {
+		t.Fatalf("partial backup metadata: %+v", m.Domains)
+	}
+
+	// --leave-stopped: the guest stays off, its memory in the backup.
+	stopped := filepath.Join(work, "stopped")
+	r = runOK(t, exitOK, "backup", "--destination-path", stopped, "--domain-names", run2.Name, "--leave-stopped", "--json")
+	if d := r.domain(t, run2.Name); !d.OK || d.State != "shutoff" || d.DowntimeSeconds != 0 {
+		t.Fatalf("--leave-stopped summary: %+v", d)
+	}
+	if s := state(t, run2.Name); s != "shut off" {
+		t.Fatalf("--leave-stopped left the guest %q", s)
+	}
+	testenv.Virsh(t, "restore", filepath.Join(stopped, run2.Name+".sav"))
+	if s := state(t, run2.Name); s != "running" {
+		t.Fatalf("guest is %q after virsh restore of its saved memory", s)
+	}
+
 	// Restoring over domains that still exist is refused, and writes nothing.
 	refused := filepath.Join(work, "refused")
 	r = runOK(t, exitFailed, "restore", "--source-path", backupDir, "--destination-path", refused, "--domain-names", off.Name, "--json")

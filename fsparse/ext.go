@@ -11,6 +11,7 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"fmt"
+	"hash/crc32"
 	"io"
 	"math/bits"
 	"strings"
@@ -33,6 +34,7 @@ const (
 	extIncompatMetaBG     = 0x0010
 	extIncompat64Bit      = 0x0080
 	extIncompatFlexBG     = 0x0200
+	extIncompatCsumSeed   = 0x2000
 
 	// s_feature_ro_compat
 	extROCompatSparseSuper  = 0x0001
@@ -80,6 +82,10 @@ type extSuper struct {
 	state                       uint16
 	label, uuid                 string
 	needsRecovery, groupCsummed bool
+	// With metadata_csum: the seed of every checksum but the
+	// superblock's, in the kernel's raw crc32c form.
+	metadataCsum bool
+	csumSeed     uint32
 }
 
 func (s *extSuper) has(compat, incompat, roCompat uint32) bool {
@@ -241,6 +247,17 @@ func parseExtSuper(b []byte, size int64) (*extSuper, error) {
 		s.needsRecovery = s.incompat&extIncompatRecover != 0
 	}
 	s.groupCsummed = s.roCompat&(extROCompatGDTCsum|extROCompatMetadataCsum) != 0
+	if s.roCompat&extROCompatMetadataCsum != 0 {
+		s.metadataCsum = true
+		if got, want := le.Uint32(b[0x3FC:]), extCrc32c(^uint32(0), b[:0x3FC]); got != want {
+			return nil, corrupt(fs, "superblock checksum %#08x, computed %#08x", got, want)
+		}
+		if s.incompat&extIncompatCsumSeed != 0 {
+			s.csumSeed = le.Uint32(b[0x270:])
+		} else {
+			s.csumSeed = extCrc32c(^uint32(0), b[0x68:0x78])
+		}
+	}
 	s.label = strings.TrimRight(string(b[0x78:0x88]), "\x00")
 	s.uuid = extFormatUUID(b[0x68:0x78])
 	return s, nil
@@ -300,4 +317,12 @@ func extDetect(r io.ReaderAt, size int64) (Info, error) {
 		return Info{}, err
 	}
 	return s.info(), nil
+}
+
+var extCastagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// extCrc32c is the kernel's crc32c(seed, p): CRC-32C without the initial
+// and final inversions Go's crc32 applies.
+func extCrc32c(seed uint32, p []byte) uint32 {
+	return ^crc32.Update(^seed, extCastagnoli, p)
 }

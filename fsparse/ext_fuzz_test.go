@@ -16,10 +16,9 @@ func FuzzExtSuperblock(f *testing.F) {
 		f.Add(img[1024:2048], int64(len(img)))
 	}
 	f.Fuzz(func(t *testing.T, sb []byte, size int64) {
-		if len(sb) < extSuperSize {
-			sb = append(sb, make([]byte, extSuperSize-len(sb))...)
-		}
-		s, err := parseExtSuper(sb[:extSuperSize], size)
+		sb = append(bytes.Clone(sb[:min(len(sb), extSuperSize)]), make([]byte, extSuperSize-min(len(sb), extSuperSize))...)
+		extFixSuperCsum(sb) // so that fuzzing reaches the checks behind the checksum
+		s, err := parseExtSuper(sb, size)
 		if err != nil {
 			return
 		}
@@ -52,7 +51,16 @@ func FuzzExtImage(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, which uint8, head []byte) {
 		base := bases[int(which)%len(bases)]
-		img := &extOverlay{patch: head[:min(len(head), extFuzzLen)], at: extFuzzOff, base: base}
+		patch := bytes.Clone(head[:min(len(head), extFuzzLen)])
+		if len(patch) >= extSuperSize {
+			// Reach the checks behind the superblock checksum, and
+			// with the high bit of which set, those behind the bitmaps'.
+			extFixSuperCsum(patch[:extSuperSize])
+			if which&0x80 != 0 {
+				extFixBitmapCsums(patch, base)
+			}
+		}
+		img := &extOverlay{patch: patch, at: extFuzzOff, base: base}
 		info, es, err := InUse(context.Background(), img, int64(len(base)))
 		if err != nil {
 			return
@@ -128,4 +136,36 @@ func FuzzExtJournal(f *testing.F) {
 			prev = e.End()
 		}
 	})
+}
+
+// extFixSuperCsum stores the right metadata_csum checksum in a superblock.
+func extFixSuperCsum(sb []byte) {
+	binary.LittleEndian.PutUint32(sb[0x3FC:], extCrc32c(^uint32(0), sb[:0x3FC]))
+}
+
+// extFixBitmapCsums stores, in the descriptors that follow the superblock
+// in patch (1 KiB blocks: the descriptor block is patch[1024:2048]), the
+// checksums of the bitmaps they point to in base.
+func extFixBitmapCsums(patch, base []byte) {
+	s, err := parseExtSuper(patch[:extSuperSize], int64(len(base)))
+	if err != nil || !s.metadataCsum || s.blockSize != 1024 || len(patch) < 2*1024 {
+		return
+	}
+	le := binary.LittleEndian
+	gdt := patch[1024:min(len(patch), 2048)]
+	for off := uint64(0); off+s.descSize <= uint64(len(gdt)); off += s.descSize {
+		d := gdt[off : off+s.descSize]
+		bb := uint64(le.Uint32(d[0:]))
+		if s.descSize >= 64 {
+			bb |= uint64(le.Uint32(d[0x20:])) << 32
+		}
+		if bb >= uint64(len(base))/1024 {
+			continue
+		}
+		c := extCrc32c(s.csumSeed, base[bb*1024:bb*1024+s.clustersPerGroup/8])
+		le.PutUint16(d[0x18:], uint16(c))
+		if s.descSize >= 64 {
+			le.PutUint16(d[0x38:], uint16(c>>16))
+		}
+	}
 }

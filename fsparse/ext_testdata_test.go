@@ -181,34 +181,46 @@ func TestExtCorrupt(t *testing.T) {
 	sb := 1024
 	gd := 2048 // the first group descriptor (1 KiB blocks)
 	cases := []struct {
-		name   string
-		damage func([]byte)
-		size   int64 // 0: the image's
-		want   error
+		name     string
+		damage   func([]byte)
+		size     int64 // 0: the image's
+		want     error
+		keepCsum bool // leave the superblock checksum as damaged
 	}{
-		{"magic", put16(sb+0x38, 0x1234), 0, ErrUnknownFilesystem},
-		{"blocks beyond device", put32(sb+0x04, 4097), 0, ErrCorrupt},
-		{"device truncated", nil, 3 << 20, ErrCorrupt},
-		{"log block size", put32(sb+0x18, 7), 0, ErrCorrupt},
-		{"first data block", put32(sb+0x14, 2), 0, ErrCorrupt},
-		{"blocks per group 0", put32(sb+0x20, 0), 0, ErrCorrupt},
-		{"clusters per group beyond bitmap", put32(sb+0x24, 1<<20), 0, ErrCorrupt},
-		{"desc size 48", put16(sb+0xFE, 48), 0, ErrCorrupt},
-		{"desc size 2048", put16(sb+0xFE, 2048), 0, ErrCorrupt},
-		{"inode size 0", put16(sb+0x58, 0), 0, ErrCorrupt},
-		{"inodes count", put32(sb+0x00, 12345), 0, ErrCorrupt},
-		{"reserved gdt", put16(sb+0xCE, 0xFFFF), 0, ErrCorrupt},
-		{"journal inode", put32(sb+0xE0, 1<<30), 0, ErrCorrupt},
-		{"block bitmap beyond end", put32(gd+0x00, 5000), 0, ErrCorrupt},
-		{"inode bitmap beyond end", put32(gd+0x04, 0xFFFFFFF0), 0, ErrCorrupt},
-		{"inode table beyond end", put32(gd+0x08, 4090), 0, ErrCorrupt},
-		{"block bitmap high half", put32(gd+0x20, 1), 0, ErrCorrupt},
+		{"superblock checksum", put32(sb+0x3FC, 0x12345678), 0, ErrCorrupt, true},
+		{"superblock field under its checksum", put32(sb+0x10, 99), 0, ErrCorrupt, true},
+		{"block bitmap bit flipped", func(b []byte) {
+			bb := int(binary.LittleEndian.Uint32(b[gd:]))
+			b[bb*1024+10] ^= 0x10
+		}, 0, ErrCorrupt, false},
+		{"block bitmap checksum", put16(gd+0x18, 0xBEEF), 0, ErrCorrupt, false},
+		{"magic", put16(sb+0x38, 0x1234), 0, ErrUnknownFilesystem, false},
+		{"blocks beyond device", put32(sb+0x04, 4097), 0, ErrCorrupt, false},
+		{"device truncated", nil, 3 << 20, ErrCorrupt, false},
+		{"log block size", put32(sb+0x18, 7), 0, ErrCorrupt, false},
+		{"first data block", put32(sb+0x14, 2), 0, ErrCorrupt, false},
+		{"blocks per group 0", put32(sb+0x20, 0), 0, ErrCorrupt, false},
+		{"clusters per group beyond bitmap", put32(sb+0x24, 1<<20), 0, ErrCorrupt, false},
+		{"desc size 48", put16(sb+0xFE, 48), 0, ErrCorrupt, false},
+		{"desc size 2048", put16(sb+0xFE, 2048), 0, ErrCorrupt, false},
+		{"inode size 0", put16(sb+0x58, 0), 0, ErrCorrupt, false},
+		{"inodes count", put32(sb+0x00, 12345), 0, ErrCorrupt, false},
+		{"reserved gdt", put16(sb+0xCE, 0xFFFF), 0, ErrCorrupt, false},
+		{"journal inode", put32(sb+0xE0, 1<<30), 0, ErrCorrupt, false},
+		{"block bitmap beyond end", put32(gd+0x00, 5000), 0, ErrCorrupt, false},
+		{"inode bitmap beyond end", put32(gd+0x04, 0xFFFFFFF0), 0, ErrCorrupt, false},
+		{"inode table beyond end", put32(gd+0x08, 4090), 0, ErrCorrupt, false},
+		{"block bitmap high half", put32(gd+0x20, 1), 0, ErrCorrupt, false},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			img := extImage(t, "ext4-1k-flexbg.img.gz")
 			if tc.damage != nil {
 				tc.damage(img)
+			}
+			if !tc.keepCsum {
+				// Reach the check behind the superblock checksum.
+				extFixSuperCsum(img[1024:2048])
 			}
 			size := int64(len(img))
 			if tc.size != 0 {

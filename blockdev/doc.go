@@ -11,7 +11,8 @@
 // [DeviceOf] resolve a device to its mounts and a path to its device from
 // /proc/self/mountinfo (proc_pid_mountinfo(5)), matching device numbers
 // (major:minor) so that loop devices, bind mounts and devices mounted
-// under another name are found; [ParseMountInfo] is the parser alone.
+// under another name are found (btrfs, whose numbers are anonymous, by
+// mount source and statx mount IDs); [ParseMountInfo] is the parser alone.
 // [Freeze], [Thaw], [FlushBuffers] and [Syncfs] wrap FIFREEZE, FITHAW,
 // BLKFLSBUF and syncfs(2) for callers that need them one by one.
 //

@@ -56,8 +56,11 @@ func newTestFilesystem(t *testing.T, fstype string) *testenv.LoopDevice {
 	t.Helper()
 	testenv.Require(t, testenv.Root, testenv.LoopDevices, testenv.Commands("fsfreeze"), testenv.Mkfs(fstype), testenv.Mountable(fstype))
 	size := int64(64 << 20)
-	if fstype == "xfs" {
+	switch fstype {
+	case "xfs":
 		size = 320 << 20 // mkfs.xfs's smallest log needs this much
+	case "btrfs":
+		size = 256 << 20 // above mkfs.btrfs's minimum
 	}
 	return testenv.NewFilesystem(t, fstype, size)
 }

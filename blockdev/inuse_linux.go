@@ -36,7 +36,7 @@ func checkUnmountedUse(major, minor uint32) error {
 		if err != nil {
 			continue
 		}
-		mounts, err := readMounts(func(m *Mount) bool { return m.Major == ma && m.Minor == mi })
+		mounts, err := mountsOfDevice(ma, mi)
 		if err != nil {
 			return err
 		}

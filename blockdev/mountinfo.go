@@ -15,9 +15,12 @@ type Mount struct {
 	// ID and ParentID identify the mount and its parent in this mount
 	// namespace.
 	ID, ParentID int
-	// Major and Minor are the device number of the filesystem
-	// (st_dev). For a block-device filesystem they are the device's
-	// numbers; every bind mount of that filesystem carries the same ones.
+	// Major and Minor are the device number of the filesystem's
+	// superblock; every bind mount of that filesystem carries the same
+	// ones. For most block-device filesystems they are the device's
+	// numbers and st_dev of its files. btrfs is the exception: an
+	// anonymous number (0:N) of its own, and st_dev differs again per
+	// subvolume.
 	Major, Minor uint32
 	// Root is the directory of the filesystem seen at MountPoint: "/"
 	// for an ordinary mount, the bound directory for a bind mount.

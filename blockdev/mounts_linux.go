@@ -41,7 +41,39 @@ func mountsOf(device string) ([]Mount, error) {
 	if err != nil {
 		return nil, err
 	}
-	return readMounts(func(m *Mount) bool { return m.Major == major && m.Minor == minor })
+	return mountsOfDevice(major, minor)
+}
+
+// mountsOfDevice returns the mounts of the filesystem on the block device
+// major:minor. Most filesystems report the device's number in mountinfo
+// (and as st_dev); btrfs reports an anonymous one of its own (0:N, and yet
+// another st_dev for each subvolume), so a btrfs mount is matched by its
+// source, the device node mountinfo names. Of a btrfs spanning several
+// devices, only the device mountinfo names is found this way.
+func mountsOfDevice(major, minor uint32) ([]Mount, error) {
+	return readMounts(func(m *Mount) bool { return onDevice(m, major, minor) })
+}
+
+func onDevice(m *Mount, major, minor uint32) bool {
+	if m.Major == major && m.Minor == minor {
+		return true
+	}
+	if m.FSType != "btrfs" || !strings.HasPrefix(m.Source, "/") {
+		return false
+	}
+	ma, mi, err := blockDevNumber(m.Source)
+	return err == nil && ma == major && mi == minor
+}
+
+// mountIDOf returns the ID of the mount path (or, with AT_EMPTY_PATH, fd)
+// is on, from statx(2) STATX_MNT_ID (Linux 5.8), and its st_dev; ok is
+// false when the kernel does not report the mount ID.
+func mountIDOf(fd int, path string, flags int) (id int, major, minor uint32, ok bool, err error) {
+	var sx unix.Statx_t
+	if err := unix.Statx(fd, path, flags, unix.STATX_MNT_ID, &sx); err != nil {
+		return 0, 0, 0, false, err
+	}
+	return int(sx.Mnt_id), sx.Dev_major, sx.Dev_minor, sx.Mask&unix.STATX_MNT_ID != 0, nil
 }
 
 func deviceOf(path string) (string, Mount, error) {
@@ -52,28 +84,34 @@ func deviceOf(path string) (string, Mount, error) {
 	if r, err := filepath.EvalSymlinks(abs); err == nil {
 		abs = r
 	}
-	var st unix.Stat_t
-	if err := unix.Stat(abs, &st); err != nil {
-		return "", Mount{}, &os.PathError{Op: "stat", Path: path, Err: err}
+	id, major, minor, haveID, err := mountIDOf(unix.AT_FDCWD, abs, 0)
+	if err != nil {
+		return "", Mount{}, &os.PathError{Op: "statx", Path: path, Err: err}
 	}
-	major, minor := unix.Major(st.Dev), unix.Minor(st.Dev)
-	mounts, err := readMounts(func(m *Mount) bool { return m.Major == major && m.Minor == minor })
+	var mounts []Mount
+	if haveID {
+		// The kernel names the mount: exact, also for btrfs, whose
+		// st_dev matches no line of mountinfo.
+		mounts, err = readMounts(func(m *Mount) bool { return m.ID == id })
+	} else {
+		mounts, err = readMounts(func(m *Mount) bool { return m.Major == major && m.Minor == minor })
+	}
 	if err != nil {
 		return "", Mount{}, err
 	}
-	// The mount path is under: the longest mount point that is a prefix
-	// of path (several bind mounts of one filesystem may qualify).
+	// Without the mount ID: the longest mount point that is a prefix of
+	// path (several bind mounts of one filesystem may qualify).
 	var best *Mount
 	for i := range mounts {
 		m := &mounts[i]
-		if within(abs, m.MountPoint) && (best == nil || len(m.MountPoint) > len(best.MountPoint)) {
+		if (haveID || within(abs, m.MountPoint)) && (best == nil || len(m.MountPoint) > len(best.MountPoint)) {
 			best = m
 		}
 	}
 	if best == nil {
 		return "", Mount{}, fmt.Errorf("blockdev: %s (device %d:%d) is under no mount in %s", path, major, minor, mountInfoPath)
 	}
-	dev, err := devicePath(major, minor, best.Source)
+	dev, err := devicePath(best)
 	if err != nil {
 		return "", *best, &os.PathError{Op: "deviceof", Path: path, Err: err}
 	}
@@ -88,10 +126,12 @@ func within(path, dir string) bool {
 	return strings.HasPrefix(path, dir+"/")
 }
 
-// devicePath names the block device major:minor: the mount source if that
-// is the device, else /dev/ plus the kernel's name for it from sysfs.
-func devicePath(major, minor uint32, source string) (string, error) {
-	if ma, mi, err := blockDevNumber(source); err == nil && ma == major && mi == minor {
+// devicePath names the block device of mount m: the mount source if that
+// is the device (or, for btrfs, whose device number is anonymous, a block
+// device at all), else /dev/ plus the kernel's name for it from sysfs.
+func devicePath(m *Mount) (string, error) {
+	major, minor, source := m.Major, m.Minor, m.Source
+	if ma, mi, err := blockDevNumber(source); err == nil && (ma == major && mi == minor || m.FSType == "btrfs") {
 		return source, nil
 	}
 	uevent, err := os.ReadFile(fmt.Sprintf("/sys/dev/block/%d:%d/uevent", major, minor))

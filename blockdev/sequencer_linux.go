@@ -1,6 +1,7 @@
 package blockdev
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -8,6 +9,7 @@ import (
 	"os/signal"
 	"runtime"
 	"runtime/debug"
+	"slices"
 	"syscall"
 	"time"
 
@@ -27,7 +29,7 @@ func (s *Sequencer) run(ctx context.Context, critical func(context.Context) erro
 	if err != nil {
 		return rep, err
 	}
-	mounts, err := readMounts(func(m *Mount) bool { return m.Major == major && m.Minor == minor })
+	mounts, err := mountsOfDevice(major, minor)
 	if err != nil {
 		return rep, err
 	}
@@ -54,13 +56,12 @@ func (s *Sequencer) run(ctx context.Context, critical func(context.Context) erro
 		return rep, err
 	}
 	defer dev.Close()
-	m := pickMount(mounts)
 	if !s.AllowSelf {
 		if err := refuseSelf(major, minor, mounts); err != nil {
 			return rep, err
 		}
 	}
-	dir, err := openMountPoint(m.MountPoint, major, minor)
+	m, dir, err := openSomeMount(mounts)
 	if err != nil {
 		return rep, err
 	}
@@ -73,7 +74,7 @@ func (s *Sequencer) run(ctx context.Context, critical func(context.Context) erro
 	}
 	rep.Syncfs = time.Since(t)
 
-	wd, err := startWatchdog(ctx, m.MountPoint, major, minor, s.deadline()+s.grace())
+	wd, err := startWatchdog(ctx, m, s.deadline()+s.grace())
 	if err != nil {
 		return rep, fmt.Errorf("%w: %v (nothing was frozen)", ErrWatchdog, err)
 	}
@@ -81,63 +82,127 @@ func (s *Sequencer) run(ctx context.Context, critical func(context.Context) erro
 	return s.runFrozen(ctx, dir, dev, wd, critical, rep)
 }
 
-// pickMount chooses the mount to freeze through. Every mount of a device
+// openSomeMount opens a mount to freeze through. Every mount of a device
 // shares its superblock, so one freeze covers all; a mount of the
-// filesystem's root reads best in reports.
-func pickMount(mounts []Mount) Mount {
-	for _, m := range mounts {
-		if m.Root == "/" {
-			return m
+// filesystem's root reads best in reports, and the others serve when it
+// cannot be opened (another mount hides it).
+func openSomeMount(mounts []Mount) (Mount, *os.File, error) {
+	order := slices.Clone(mounts)
+	slices.SortStableFunc(order, func(a, b Mount) int {
+		return cmp.Compare(boolInt(a.Root != "/"), boolInt(b.Root != "/"))
+	})
+	var first error
+	for _, m := range order {
+		dir, err := openMountPoint(m)
+		if err == nil {
+			return m, dir, nil
+		}
+		if first == nil {
+			first = err
 		}
 	}
-	return mounts[0]
+	return Mount{}, nil, first
+}
+
+func boolInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // refuseSelf returns an error wrapping ErrRefused when the filesystem on
-// major:minor is mounted at / or holds the running binary.
+// major:minor, mounted as mounts, is mounted at / or holds / or the
+// running binary.
 func refuseSelf(major, minor uint32, mounts []Mount) error {
 	for _, m := range mounts {
 		if m.MountPoint == "/" {
 			return fmt.Errorf("%w: the filesystem is mounted at / (set AllowSelf to override)", ErrRefused)
 		}
 	}
+	// The filesystem's numbers: the device's, and mountinfo's for its
+	// mounts (btrfs has an anonymous one).
+	ours := map[[2]uint32]bool{{major, minor}: true}
+	btrfs := false
+	for _, m := range mounts {
+		ours[[2]uint32{m.Major, m.Minor}] = true
+		btrfs = btrfs || m.FSType == "btrfs"
+	}
+	all, err := readMounts(nil)
+	if err != nil {
+		return fmt.Errorf("%w: cannot tell whether the filesystem holds / or the running binary: %v", ErrRefused, err)
+	}
 	same := func(path string) (bool, error) {
-		var st unix.Stat_t
-		if err := unix.Stat(path, &st); err != nil {
+		id, ma, mi, haveID, err := mountIDOf(unix.AT_FDCWD, path, 0)
+		if err != nil {
 			return false, err
 		}
-		return unix.Major(st.Dev) == major && unix.Minor(st.Dev) == minor, nil
+		if !haveID {
+			// Before Linux 5.8: st_dev, right but for btrfs.
+			if btrfs {
+				return false, errors.New("the kernel reports no mount IDs (statx STATX_MNT_ID, Linux 5.8), and btrfs st_dev numbers match no mount")
+			}
+			return ours[[2]uint32{ma, mi}], nil
+		}
+		// The mount path is on, by the kernel's word: st_dev would
+		// not do, as btrfs gives each subvolume a number of its own.
+		for _, m := range all {
+			if m.ID == id {
+				return ours[[2]uint32{m.Major, m.Minor}], nil
+			}
+		}
+		return false, fmt.Errorf("its mount %d is not in %s", id, mountInfoPath)
 	}
-	if yes, err := same("/"); err != nil || yes {
+	if yes, err := same("/"); err != nil {
+		return fmt.Errorf("%w: cannot tell whether the filesystem holds / (set AllowSelf to override): %v", ErrRefused, err)
+	} else if yes {
 		return fmt.Errorf("%w: the filesystem holds / (set AllowSelf to override)", ErrRefused)
 	}
 	exe, err := os.Executable()
 	if err != nil {
-		return fmt.Errorf("%w: cannot tell whether the filesystem holds the running binary: %v", ErrRefused, err)
+		return fmt.Errorf("%w: cannot tell whether the filesystem holds the running binary (set AllowSelf to override): %v", ErrRefused, err)
 	}
-	if yes, err := same(exe); err != nil || yes {
+	if yes, err := same(exe); err != nil {
+		return fmt.Errorf("%w: cannot tell whether the filesystem holds the running binary %s (set AllowSelf to override): %v", ErrRefused, exe, err)
+	} else if yes {
 		return fmt.Errorf("%w: the filesystem holds the running binary %s (set AllowSelf to override)", ErrRefused, exe)
 	}
 	return nil
 }
 
-// openMountPoint opens the mount point and checks that it is still the
-// filesystem on major:minor (it could have been unmounted and replaced
-// since mountinfo was read).
-func openMountPoint(mp string, major, minor uint32) (*os.File, error) {
+// openMountPoint opens the mount point of m and checks that it is still m
+// (it could have been unmounted, hidden by another mount, or replaced since
+// mountinfo was read): the mount the open directory is on (statx
+// STATX_MNT_ID), which the open directory keeps from being unmounted, must
+// be in mountinfo now with m's device number. Before Linux 5.8 the
+// directory's st_dev must be m's device number, which btrfs's never is.
+func openMountPoint(m Mount) (*os.File, error) {
+	mp := m.MountPoint
 	fd, err := unix.Open(mp, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, &os.PathError{Op: "open", Path: mp, Err: err}
 	}
 	f := os.NewFile(uintptr(fd), mp)
-	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil {
+	id, major, minor, haveID, err := mountIDOf(fd, "", unix.AT_EMPTY_PATH)
+	if err != nil {
 		f.Close()
-		return nil, &os.PathError{Op: "fstat", Path: mp, Err: err}
+		return nil, &os.PathError{Op: "statx", Path: mp, Err: err}
 	}
-	if unix.Major(st.Dev) != major || unix.Minor(st.Dev) != minor {
+	if haveID {
+		now, err := readMounts(func(n *Mount) bool { return n.ID == id })
+		if err != nil {
+			f.Close()
+			return nil, err
+		}
+		if len(now) != 1 {
+			f.Close()
+			return nil, fmt.Errorf("blockdev: %s is on mount %d, which is not in %s", mp, id, mountInfoPath)
+		}
+		major, minor = now[0].Major, now[0].Minor
+	}
+	if major != m.Major || minor != m.Minor {
 		f.Close()
-		return nil, fmt.Errorf("blockdev: %s is no longer the filesystem on %d:%d (it is on %d:%d)", mp, major, minor, unix.Major(st.Dev), unix.Minor(st.Dev))
+		return nil, fmt.Errorf("blockdev: %s is no longer the filesystem on %d:%d (it is on %d:%d)", mp, m.Major, m.Minor, major, minor)
 	}
 	return f, nil
 }

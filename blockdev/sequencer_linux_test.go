@@ -250,14 +250,29 @@ func TestSequencerRefusesSelf(t *testing.T) {
 	if err := refuseSelf(7, 99, []Mount{{MountPoint: "/mnt"}, {MountPoint: "/"}}); !errors.Is(err, ErrRefused) {
 		t.Errorf("a filesystem mounted at /: %v", err)
 	}
-	d := newTestFilesystem(t, "ext4")
+	t.Run("ext4", func(t *testing.T) {
+		d := newTestFilesystem(t, "ext4")
+		refusesCopyOn(t, d.Path, d.MountPoint)
+	})
+	// On a btrfs subvolume the binary's st_dev is neither the device's
+	// number nor the one mountinfo shows for the filesystem.
+	t.Run("btrfs-subvolume", func(t *testing.T) {
+		d, sub := newBtrfsSubvolume(t)
+		refusesCopyOn(t, d.Path, sub)
+	})
+}
+
+// refusesCopyOn runs a copy of the test binary placed in dir, on the
+// filesystem of device, and checks that it refuses to freeze its own
+// filesystem unless AllowSelf.
+func refusesCopyOn(t *testing.T, device, dir string) {
 	// The running binary is this test binary; a copy of it on the loop
 	// filesystem is a binary that would freeze its own filesystem.
 	self, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
 	}
-	bin := filepath.Join(d.MountPoint, "blockdev.test")
+	bin := filepath.Join(dir, "blockdev.test")
 	data, err := os.ReadFile(self)
 	if err != nil {
 		t.Fatal(err)
@@ -265,7 +280,7 @@ func TestSequencerRefusesSelf(t *testing.T) {
 	if err := os.WriteFile(bin, data, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	cmd, err := reexec.Command(testRefuser, d.Path)
+	cmd, err := reexec.Command(testRefuser, device)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -274,7 +289,7 @@ func TestSequencerRefusesSelf(t *testing.T) {
 	if err != nil || !strings.Contains(string(out), "REFUSED") {
 		t.Fatalf("copy on the filesystem: %v\n%s", err, out)
 	}
-	if frozen(t, d.MountPoint) {
+	if frozen(t, dir) {
 		t.Fatal("frozen")
 	}
 }

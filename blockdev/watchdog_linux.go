@@ -60,8 +60,8 @@ type watchdog struct {
 	closed  bool
 }
 
-func startWatchdog(ctx context.Context, mountPoint string, major, minor uint32, limit time.Duration) (*watchdog, error) {
-	cmd, err := reexec.Command(watchdogName, mountPoint, fmt.Sprintf("%d:%d", major, minor), limit.String(), strconv.Itoa(os.Getpid()))
+func startWatchdog(ctx context.Context, m Mount, limit time.Duration) (*watchdog, error) {
+	cmd, err := reexec.Command(watchdogName, m.MountPoint, strconv.Itoa(m.ID), fmt.Sprintf("%d:%d", m.Major, m.Minor), limit.String(), strconv.Itoa(os.Getpid()))
 	if err != nil {
 		return nil, err
 	}
@@ -187,8 +187,8 @@ func (w *watchdog) release() {
 	}
 }
 
-// watchdogMain is the child. Arguments: mount point, major:minor, limit
-// (deadline plus grace), parent PID.
+// watchdogMain is the child. Arguments: mount point, mount ID, the mount's
+// major:minor, limit (deadline plus grace), parent PID.
 func watchdogMain() {
 	// The parent may be gone when we write; a broken pipe must be an
 	// error, not a death. Terminal signals go to the parent.
@@ -202,23 +202,27 @@ func watchdogMain() {
 		fmt.Fprintf(os.Stderr, "blockdev watchdog: "+format+"\n", args...)
 		os.Exit(wdExitUsage)
 	}
-	if len(os.Args) != 5 {
-		fail("want 4 arguments, got %q", os.Args[1:])
+	if len(os.Args) != 6 {
+		fail("want 5 arguments, got %q", os.Args[1:])
 	}
 	mp := os.Args[1]
-	major, minor, err := parseDevNumber(os.Args[2])
+	id, err := strconv.Atoi(os.Args[2])
+	if err != nil {
+		fail("bad mount ID %q", os.Args[2])
+	}
+	major, minor, err := parseDevNumber(os.Args[3])
 	if err != nil {
 		fail("%v", err)
 	}
-	limit, err := time.ParseDuration(os.Args[3])
+	limit, err := time.ParseDuration(os.Args[4])
 	if err != nil || limit <= 0 {
-		fail("bad limit %q", os.Args[3])
+		fail("bad limit %q", os.Args[4])
 	}
-	ppid, err := strconv.Atoi(os.Args[4])
+	ppid, err := strconv.Atoi(os.Args[5])
 	if err != nil || ppid != os.Getppid() {
-		fail("parent %q is not %d", os.Args[4], os.Getppid())
+		fail("parent %q is not %d", os.Args[5], os.Getppid())
 	}
-	dir, err := openMountPoint(mp, major, minor)
+	dir, err := openMountPoint(Mount{ID: id, MountPoint: mp, Major: major, Minor: minor})
 	if err != nil {
 		fail("%v", err)
 	}

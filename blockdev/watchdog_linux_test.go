@@ -21,7 +21,7 @@ import (
 // kill itself. The delay from kill to completed write is logged, not
 // asserted; the package documentation states its bound.
 func TestWatchdogThawsAfterSIGKILL(t *testing.T) {
-	for _, c := range []struct{ fstype, mode string }{{"ext4", "idle"}, {"ext4", "stuck"}, {"xfs", "idle"}} {
+	for _, c := range []struct{ fstype, mode string }{{"ext4", "idle"}, {"ext4", "stuck"}, {"xfs", "idle"}, {"btrfs", "idle"}} {
 		t.Run(c.fstype+"-"+c.mode, func(t *testing.T) {
 			d := newTestFilesystem(t, c.fstype)
 			cmd, stderr, exited := startFreezer(t, d.Path, c.mode)

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"unsafe"
 )
@@ -85,6 +86,11 @@ func (d *Device) File() *os.File { return d.f }
 func (d *Device) ReadAt(p []byte, off int64) (int, error) {
 	if off < 0 {
 		return 0, &os.PathError{Op: "read", Path: d.path, Err: errors.New("blockdev: negative offset")}
+	}
+	if off > math.MaxInt64-int64(len(p))-bounceMax {
+		// Far beyond any device (sizes stop at 2^62): the end of it,
+		// and no offset arithmetic below can overflow.
+		return 0, io.EOF
 	}
 	if !d.direct || d.aligned(p, off) {
 		return d.f.ReadAt(p, off)

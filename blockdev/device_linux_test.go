@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"math"
 	"os"
 	"path/filepath"
 	"testing"
@@ -86,6 +87,13 @@ func TestOpenDirectUnalignedRead(t *testing.T) {
 	p := make([]byte, 20)
 	if n, err := d.ReadAt(p, int64(len(data))-10); n != 10 || err != io.EOF {
 		t.Errorf("read across the end: n=%d err=%v", n, err)
+	}
+	// Offsets whose end overflows int64: the end of the device, not a
+	// panic in the bounce buffer's arithmetic.
+	for _, off := range []int64{math.MaxInt64 - 10, math.MaxInt64 - bounceMax, 1 << 62} {
+		if n, err := d.ReadAt(p, off); n != 0 || err != io.EOF {
+			t.Errorf("ReadAt(%d) = %d, %v; want 0, EOF", off, n, err)
+		}
 	}
 	if _, err := d.WriteAt(make([]byte, 100), 0); !errors.Is(err, ErrUnaligned) {
 		t.Errorf("unaligned O_DIRECT write: %v, want ErrUnaligned", err)

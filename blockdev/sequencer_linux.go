@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"os/signal"
 	"runtime"
@@ -74,7 +75,11 @@ func (s *Sequencer) run(ctx context.Context, critical func(context.Context) erro
 	}
 	rep.Syncfs = time.Since(t)
 
-	wd, err := startWatchdog(ctx, m, s.deadline()+s.grace())
+	limit := s.deadline() + s.grace()
+	if limit < s.deadline() { // overflow: a Deadline of "forever"
+		limit = math.MaxInt64
+	}
+	wd, err := startWatchdog(ctx, m, limit)
 	if err != nil {
 		return rep, fmt.Errorf("%w: %v (nothing was frozen)", ErrWatchdog, err)
 	}

@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"io"
+	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -194,6 +195,12 @@ func TestSequencerErrorsAndCancellation(t *testing.T) {
 	// be frozen again by whoever thawed it, and that freeze is not ours.
 	if !strings.Contains(err.Error(), "the watchdog did nothing") {
 		t.Errorf("the watchdog tried a thaw of its own after the sequencer found the filesystem thawed: %v", err)
+	}
+
+	// A deadline of "forever": the watchdog's limit (deadline plus
+	// grace) must not overflow into a negative duration it rejects.
+	if _, err := (&Sequencer{Device: d.Path, Deadline: math.MaxInt64}).Run(context.Background(), func(context.Context) error { return nil }); err != nil {
+		t.Errorf("Deadline MaxInt64: %v", err)
 	}
 
 	_, err = (&Sequencer{Device: d.Path}).Run(context.Background(), func(context.Context) error {

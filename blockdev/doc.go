@@ -56,7 +56,8 @@
 //   - The watchdog survives the process's death. Before freezing, Run
 //     starts this program again as a small child process (hence [Main])
 //     that opens the mount point itself, in a process group of its own and
-//     shielded from the OOM killer. It thaws when the parent's end of
+//     shielded from the OOM killer (oom_score_adj -1000, where the process
+//     has CAP_SYS_RESOURCE to set it; containers often drop it). It thaws when the parent's end of
 //     their pipe closes without the parent having reported its own thaw
 //     (the parent exited, crashed or was killed with SIGKILL), when it sees
 //     the parent being killed or exiting in /proc (polled every 20 ms while
@@ -66,9 +67,11 @@
 //     (default 2 s) have passed since the freeze (a hung or stopped
 //     parent). The bound after SIGKILL is therefore the watchdog's
 //     wake-up: immediate on the pipe's closing, at most one 20 ms poll
-//     otherwise, plus scheduling delay on a busy machine (from the kill to
-//     a blocked writer's completed write and fsync, 3 to 103 ms, median
-//     about 10 ms, on a loaded 2-core machine); and never more than
+//     otherwise, plus scheduling delay, which no program can bound on a
+//     busy machine (from the kill to a blocked writer's completed write
+//     and fsync: 4 to 272 ms, median about 20 ms, over 32 kills on ext4,
+//     XFS and btrfs on a 2-core machine at load 10; go test -v -count=8
+//     -run WatchdogThawsAfterSIGKILL logs each); and never more than
 //     Deadline plus grace after the freeze. If Run cannot start the
 //     watchdog it does not freeze; if the watchdog exits while frozen,
 //     Run ends the freeze at once and returns an error wrapping

@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // TestWatchdogThawsAfterSIGKILL kills the process holding a freeze with
@@ -44,6 +46,13 @@ func TestWatchdogThawsAfterSIGKILL(t *testing.T) {
 			}
 			if !strings.Contains(stderr.String(), "blockdev watchdog:") {
 				t.Errorf("the watchdog did not say it thawed:\n%s", stderr)
+			}
+			// The bound after a kill is the watchdog's noticing the
+			// death (pipe closed, /proc), not its timer: that one
+			// (Deadline a minute, plus grace) is the bound for a hung
+			// process, tested by TestWatchdogDeadline.
+			if strings.Contains(stderr.String(), "passed since the freeze") {
+				t.Errorf("the watchdog thawed on its timer, not on the death of its parent:\n%s", stderr)
 			}
 			if frozen(t, d.MountPoint) {
 				t.Error("still frozen")
@@ -140,4 +149,60 @@ func watchdogPID(t *testing.T) int {
 		}
 	}
 	return 0
+}
+
+// TestWatchdogShielded: as the package documentation says, the watchdog
+// runs in a process group of its own (a Ctrl-C on the terminal reaches
+// the parent, which thaws, and not the watchdog) and shielded from the OOM
+// killer; and one never armed exits when its pipe closes without touching
+// the filesystem.
+func TestWatchdogShielded(t *testing.T) {
+	d := newTestFilesystem(t, "ext4")
+	mounts, err := MountsOf(d.Path)
+	if err != nil || len(mounts) != 1 {
+		t.Fatalf("MountsOf = %+v, %v", mounts, err)
+	}
+	wd, err := startWatchdog(context.Background(), mounts[0], time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid := wd.cmd.Process.Pid
+	if pgid, err := syscall.Getpgid(pid); err != nil || pgid != pid {
+		t.Errorf("watchdog %d in process group %d (%v), want its own", pid, pgid, err)
+	}
+	adj, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/oom_score_adj")
+	switch {
+	case err != nil:
+		t.Error(err)
+	case hasCapSysResource(t):
+		if strings.TrimSpace(string(adj)) != "-1000" {
+			t.Errorf("watchdog oom_score_adj %q, want -1000", adj)
+		}
+	default:
+		t.Logf("without CAP_SYS_RESOURCE the watchdog cannot lower its oom_score_adj (%q)", strings.TrimSpace(string(adj)))
+	}
+	wd.release()
+	if code := wd.cmd.ProcessState.ExitCode(); code != wdExitDone {
+		t.Errorf("unarmed watchdog exited with %d (%s), want %d", code, wd.note(code), wdExitDone)
+	}
+}
+
+// hasCapSysResource reports whether this process has CAP_SYS_RESOURCE,
+// which lowering oom_score_adj needs (containers often drop it).
+func hasCapSysResource(t *testing.T) bool {
+	status, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(status), "\n") {
+		if v, ok := strings.CutPrefix(line, "CapEff:"); ok {
+			caps, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return caps&(1<<unix.CAP_SYS_RESOURCE) != 0
+		}
+	}
+	t.Fatal("no CapEff in /proc/self/status")
+	return false
 }

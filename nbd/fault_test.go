@@ -1,6 +1,7 @@
 package nbd
 
 import (
+	"bytes"
 	"io"
 	"math/rand/v2"
 	"net"
@@ -97,6 +98,11 @@ func faultSinkOptions() SinkOptions {
 // extents reported durable must hold the source's data, and the final image
 // must be the source.
 func TestSinkConnectionCuts(t *testing.T) {
+	t.Run("copy", func(t *testing.T) { testSinkCuts(t, false) })
+	t.Run("source", func(t *testing.T) { testSinkCuts(t, true) })
+}
+
+func testSinkCuts(t *testing.T, fromSource bool) {
 	const size = 64 << 20
 	// qemu-nbd, not nbdkit: nbdkit 1.32 aborts (raw_send_socket: Assertion
 	// `sock >= 0') after a few hundred connection resets.
@@ -112,6 +118,9 @@ func TestSinkConnectionCuts(t *testing.T) {
 	// buffer that a connection can resend before it is cut again.
 	o.Connections = 1
 	o.MaxUnflushed = 4 << 20
+	if fromSource {
+		o.Source = bytes.NewReader(src)
+	}
 	var s *Sink
 	var err error
 	for attempt := 0; attempt < 50; attempt++ { // the first dial may be cut too

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"sync"
 	"time"
 )
@@ -44,6 +45,12 @@ type SinkOptions struct {
 	// is used WriteAt waits for that FLUSH. Default 256 MiB, minimum
 	// 4 MiB.
 	MaxUnflushed int64
+	// Source, when set, is where the data written at each offset can be
+	// read again (the device or snapshot being backed up). The sink then
+	// keeps no copy of unflushed data and does not flush before Flush is
+	// called: a write to resend is read back from Source. MaxUnflushed
+	// does not apply.
+	Source io.ReaderAt
 	// OnDurable, when set, is called (with the sink's lock held, so it must
 	// not call the sink) with the extents each successful FLUSH made
 	// durable.
@@ -110,7 +117,7 @@ type sinkWrite struct {
 	off, n int64
 	cmd    uint16 // cmdWrite, cmdWriteZeroes, cmdTrim, or 0 for skipped zeroes
 	flags  uint16
-	data   []byte
+	data   []byte // a copy, unless it is read back from Source
 	acked  bool
 	tries  int
 	cn     *conn
@@ -230,7 +237,7 @@ func (s *Sink) WriteAt(ctx context.Context, p []byte, off int64) error {
 		}
 		pos = end
 	}
-	if s.buffered >= s.opts.MaxUnflushed/2 {
+	if s.opts.Source == nil && s.buffered >= s.opts.MaxUnflushed/2 {
 		return s.checkpoint(ctx, s.buffered >= s.opts.MaxUnflushed)
 	}
 	return nil
@@ -253,6 +260,14 @@ func (s *Sink) data(ctx context.Context, p []byte, off int64) error {
 	step := s.client.reqLen
 	for pos := int64(0); pos < int64(len(p)); pos += step {
 		n := min(step, int64(len(p))-pos)
+		if s.opts.Source != nil {
+			w := &sinkWrite{off: off + pos, n: n, cmd: cmdWrite}
+			s.pending = append(s.pending, w)
+			if err := s.fail(s.send(ctx, w, p[pos:pos+n])); err != nil {
+				return err
+			}
+			continue
+		}
 		buf := s.buffer(int(n))
 		copy(buf, p[pos:pos+n])
 		if err := s.add(ctx, &sinkWrite{off: off + pos, n: n, cmd: cmdWrite, data: buf}); err != nil {
@@ -306,7 +321,7 @@ func (s *Sink) release(w *sinkWrite) {
 func (s *Sink) add(ctx context.Context, w *sinkWrite) error {
 	s.pending = append(s.pending, w)
 	s.buffered += int64(len(w.data))
-	return s.fail(s.send(ctx, w))
+	return s.fail(s.send(ctx, w, nil))
 }
 
 // fail makes an error sticky unless it is the caller's context.
@@ -319,9 +334,24 @@ func (s *Sink) fail(err error) error {
 
 func overlaps(a, b *sinkWrite) bool { return a.off < b.off+b.n && b.off < a.off+a.n }
 
+// payload returns the data to send for w: its copy, or what Source holds;
+// done releases it once sent.
+func (s *Sink) payload(w *sinkWrite) (p []byte, done func(), err error) {
+	if w.cmd != cmdWrite || w.data != nil {
+		return w.data, func() {}, nil
+	}
+	buf := getBuf(int(w.n))
+	if _, err := s.opts.Source.ReadAt(buf, w.off); err != nil && !(errors.Is(err, io.EOF) && w.off+w.n == s.size) {
+		putBuf(buf)
+		return nil, nil, fmt.Errorf("nbd: sink: reading %d+%d back from Source: %w", w.off, w.n, err)
+	}
+	return buf, func() { putBuf(buf) }, nil
+}
+
 // send sends w once no write in flight overlaps it (NBD does not order
-// requests in flight).
-func (s *Sink) send(ctx context.Context, w *sinkWrite) error {
+// requests in flight). p is its payload for a first send from Source, nil
+// otherwise.
+func (s *Sink) send(ctx context.Context, w *sinkWrite, p []byte) error {
 	for {
 		if w.r != nil || w.acked {
 			return nil // a recovery resent it
@@ -347,9 +377,17 @@ func (s *Sink) send(ctx context.Context, w *sinkWrite) error {
 		if w.r != nil || w.acked {
 			return nil
 		}
+		payload, release := p, func() {}
+		if payload == nil {
+			var err error
+			if payload, release, err = s.payload(w); err != nil {
+				return err
+			}
+		}
 		cn := s.client.pick()
 		r := &request{cmd: w.cmd, off: w.off, length: uint32(w.n)}
-		err := cn.start(ctx, r, w.flags, w.data)
+		err := cn.start(ctx, r, w.flags, payload)
+		release()
 		if err == nil {
 			w.cn, w.r = cn, r
 			s.inflight = append(s.inflight, w)
@@ -417,7 +455,7 @@ func (s *Sink) await(ctx context.Context, w *sinkWrite) error {
 		if err := sleepCtx(ctx, s.backoff(w.tries)); err != nil {
 			return err
 		}
-		return s.send(ctx, w)
+		return s.send(ctx, w, nil)
 	}
 	return s.recover(ctx, err)
 }

@@ -132,7 +132,7 @@ func (s *Sink) resend(ctx context.Context, ws []*sinkWrite, cause error) error {
 		}
 	}
 	for _, w := range ws {
-		if err := s.send(ctx, w); err != nil {
+		if err := s.send(ctx, w, nil); err != nil {
 			return err
 		}
 	}
@@ -205,8 +205,8 @@ func (s *Sink) resendAll(ctx context.Context) error {
 	batch := max(s.opts.MaxUnflushed/8, 1)
 	for len(s.pending) > 0 {
 		n, bytes := 0, int64(0)
-		for n < len(s.pending) && (n == 0 || bytes+int64(len(s.pending[n].data)) <= batch) {
-			bytes += int64(len(s.pending[n].data))
+		for n < len(s.pending) && (n == 0 || bytes+s.pending[n].payloadLen() <= batch) {
+			bytes += s.pending[n].payloadLen()
 			n++
 		}
 		for _, w := range s.pending[:n] {
@@ -297,12 +297,26 @@ func (s *Sink) sendRaw(ctx context.Context, w *sinkWrite) error {
 		w.acked = true
 		return nil
 	}
+	payload, release, err := s.payload(w)
+	if err != nil {
+		return err
+	}
 	cn := s.client.pick()
 	r := &request{cmd: w.cmd, off: w.off, length: uint32(w.n)}
-	if err := cn.start(ctx, r, w.flags, w.data); err != nil {
+	err = cn.start(ctx, r, w.flags, payload)
+	release()
+	if err != nil {
 		return err
 	}
 	w.cn, w.r, w.acked = cn, r, false
 	s.inflight = append(s.inflight, w)
 	return nil
+}
+
+// payloadLen is the number of bytes w sends.
+func (w *sinkWrite) payloadLen() int64 {
+	if w.cmd == cmdWrite {
+		return w.n
+	}
+	return 0
 }

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime/pprof"
 	"time"
 
 	"github.com/blockimage/blockimage/nbd"
@@ -22,8 +23,19 @@ func main() {
 	maxUnflushed := flag.Int64("max-unflushed", 0, "bound on unflushed bytes held in memory (0: default)")
 	zero := flag.String("zero", "write", "all-zero blocks: write, allocate, trim or skip")
 	noFlush := flag.Bool("no-flush", false, "do not flush at the end")
+	copyData := flag.Bool("copy", false, "keep a copy of unflushed data instead of reading it back from IMAGE (flushes when -max-unflushed is reached)")
 	verbose := flag.Bool("v", false, "print a summary")
+	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile to this file")
 	flag.Parse()
+	if *cpuprofile != "" {
+		f, err := os.Create(*cpuprofile)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "nbdwrite:", err)
+			os.Exit(1)
+		}
+		pprof.StartCPUProfile(f)
+		defer pprof.StopCPUProfile()
+	}
 	if flag.NArg() != 2 {
 		fmt.Fprintln(os.Stderr, "usage: nbdwrite [flags] IMAGE NBD-URI")
 		os.Exit(2)
@@ -45,13 +57,14 @@ func main() {
 		fmt.Fprintf(os.Stderr, "nbdwrite: bad -zero %q\n", *zero)
 		os.Exit(2)
 	}
-	if err := run(flag.Arg(0), flag.Arg(1), o, *chunk, !*noFlush, *verbose); err != nil {
+	if err := run(flag.Arg(0), flag.Arg(1), o, *chunk, !*noFlush, !*copyData, *verbose); err != nil {
+		pprof.StopCPUProfile()
 		fmt.Fprintln(os.Stderr, "nbdwrite:", err)
 		os.Exit(1)
 	}
 }
 
-func run(image, uri string, o nbd.SinkOptions, chunk int, flush, verbose bool) error {
+func run(image, uri string, o nbd.SinkOptions, chunk int, flush, source, verbose bool) error {
 	ctx := context.Background()
 	start := time.Now()
 	f, err := os.Open(image)
@@ -59,6 +72,9 @@ func run(image, uri string, o nbd.SinkOptions, chunk int, flush, verbose bool) e
 		return err
 	}
 	defer f.Close()
+	if source {
+		o.Source = f
+	}
 	s, err := nbd.NewSink(ctx, uri, o)
 	if err != nil {
 		return err

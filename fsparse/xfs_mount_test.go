@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/blockimage/blockimage/internal/testenv"
@@ -90,7 +91,7 @@ func xfsDigestOf(t *testing.T, img string) map[string]string {
 // device (still mounted) and the digest of what remains.
 func xfsFilled(t *testing.T, size int64, fill testenv.FillOptions, mkfsArgs ...string) (*testenv.LoopDevice, map[string]string) {
 	t.Helper()
-	testenv.Require(t, testenv.Root, testenv.LoopDevices, testenv.Mkfs("xfs"), testenv.Mountable("xfs"))
+	testenv.Require(t, testenv.Root, testenv.LoopDevices, testenv.Mkfs("xfs"), testenv.Mountable("xfs"), testenv.Commands("nsenter"))
 	d := testenv.NewFilesystem(t, "xfs", size, mkfsArgs...)
 	paths := testenv.FillFiles(t, d.MountPoint, fill)
 	// Delete every other file: holes in the allocated space make many
@@ -111,6 +112,54 @@ func xfsFilled(t *testing.T, size int64, fill testenv.FillOptions, mkfsArgs ...s
 	return d, testenv.TreeDigest(t, d.MountPoint)
 }
 
+// xrUnmount unmounts d's filesystem and makes sure the kernel has shut
+// it down, so that the image holds a cleanly unmounted filesystem.
+//
+// On this machine mounts are private (no shared propagation), so a
+// process that got a mount namespace of its own while the filesystem was
+// mounted (libvirtd starts every qemu so, for other tests) keeps a copy
+// of the mount, and our umount leaves the filesystem alive, its log
+// dirty. Such copies of our own test mount are unmounted in those
+// namespaces with nsenter; then an exclusive open of the device proves
+// that no filesystem holds it any more.
+func xrUnmount(t *testing.T, d *testenv.LoopDevice) {
+	t.Helper()
+	mp := d.MountPoint
+	d.Unmount(t)
+	self, _ := os.Readlink("/proc/self/ns/mnt")
+	done := map[string]bool{self: true}
+	procs, _ := filepath.Glob("/proc/[0-9]*")
+	for _, p := range procs {
+		ns, err := os.Readlink(p + "/ns/mnt")
+		if err != nil || done[ns] {
+			continue
+		}
+		info, err := os.ReadFile(p + "/mountinfo")
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(info), "\n") {
+			// "... MOUNTPOINT OPTIONS ... - FSTYPE SOURCE SUPEROPTS"
+			pre, post, ok := strings.Cut(line, " - ")
+			f, g := strings.Fields(pre), strings.Fields(post)
+			if !ok || len(f) < 5 || len(g) < 2 || g[1] != d.Path || f[4] != mp {
+				continue
+			}
+			done[ns] = true
+			if out, err := exec.Command("nsenter", "--mount="+p+"/ns/mnt", "umount", mp).CombinedOutput(); err != nil {
+				t.Fatalf("unmounting our %s from the mount namespace of %s (%s): %v: %s", mp, p, ns, err, out)
+			}
+			t.Logf("unmounted a copy of %s left in the mount namespace of %s", mp, p)
+			break
+		}
+	}
+	f, err := os.OpenFile(d.Path, os.O_RDONLY|syscall.O_EXCL, 0)
+	if err != nil {
+		t.Fatalf("%s is still in use after unmounting it everywhere: %v", d.Path, err)
+	}
+	f.Close()
+}
+
 // TestXFSFilledCopy fills real XFS filesystems with files, deletes some,
 // unmounts, maps them and checks the map against xfs_db and partclone;
 // then copies only the in-use extents to a zeroed image, which must pass
@@ -125,11 +174,12 @@ func TestXFSFilledCopy(t *testing.T) {
 	}{
 		{"v5-ag4-300M", 300 << 20, testenv.FillOptions{Seed: 1, Files: 60, MaxSize: 3 << 20}, nil, false},
 		{"v5-1K-ag1-many-holes", 64 << 20, testenv.FillOptions{Seed: 3, Files: 700, MaxSize: 6 << 10, Dirs: 3}, []string{"-b", "size=1024", "-d", "agcount=1"}, true},
-		{"v5-2G-sparse", 2 << 30, testenv.FillOptions{Seed: 5, Files: 30, MaxSize: 6 << 20}, nil, false},
+		{"v5-ag16-2G-sparse", 2 << 30, testenv.FillOptions{Seed: 5, Files: 30, MaxSize: 6 << 20}, []string{"-d", "agcount=16"}, false},
+		{"v5-4K-sectors", 300 << 20, testenv.FillOptions{Seed: 10, Files: 40, MaxSize: 2 << 20}, []string{"-s", "size=4096"}, false},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			d, want := xfsFilled(t, c.size, c.fill, c.args...)
-			d.Unmount(t)
+			xrUnmount(t, d)
 			used := checkXFSAgainstTools(t, d.Image, true)
 			if c.multiTree {
 				if lv := xfsOracle(t, d.Image).maxBnoLevel; lv < 2 {
@@ -207,7 +257,7 @@ func TestXFSNeedsRecovery(t *testing.T) {
 	if !errors.Is(err, ErrNeedsRecovery) {
 		t.Fatalf("InUse on a live snapshot: %v (notes %q), want ErrNeedsRecovery", err, info.Notes)
 	}
-	d.Unmount(t)
+	xrUnmount(t, d)
 	if _, _, err := xrInUseFile(t, d.Image); err != nil {
 		t.Fatalf("after unmount: %v", err)
 	}
@@ -295,4 +345,34 @@ func xfsProtofile(t *testing.T, dir string) string {
 		t.Fatal(err)
 	}
 	return proto
+}
+
+// TestXFSUnmountInOtherNamespace reproduces what libvirtd's qemu
+// processes do to our mounts here: a process that takes a private mount
+// namespace while the filesystem is mounted keeps it alive after our
+// umount, with a dirty log. xrUnmount must find and remove that copy so
+// that the image is clean.
+func TestXFSUnmountInOtherNamespace(t *testing.T) {
+	testenv.Require(t, testenv.Commands("unshare", "xfs_logprint"))
+	d, _ := xfsFilled(t, 300<<20, testenv.FillOptions{Seed: 11, Files: 10, MaxSize: 1 << 20})
+	holder := exec.Command("unshare", "--mount", "--propagation", "unchanged", "sh", "-c", "echo ready; exec sleep 600")
+	out, err := holder.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := holder.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { holder.Process.Kill(); holder.Wait() })
+	// The namespace exists once the shell inside it speaks.
+	if _, err := io.ReadFull(out, make([]byte, len("ready\n"))); err != nil {
+		t.Fatalf("unshare: %v", err)
+	}
+	xrUnmount(t, d)
+	if lp := xfsLogprintState(t, d.Image); lp != "CLEAN" {
+		t.Fatalf("xfs_logprint says %s after unmounting everywhere", lp)
+	}
+	if _, _, err := xrInUseFile(t, d.Image); err != nil {
+		t.Fatal(err)
+	}
 }

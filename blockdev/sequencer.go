@@ -81,7 +81,9 @@ type Sequencer struct {
 	Deadline time.Duration
 	// FlushTracer is called after BLKFLSBUF, while frozen, so that every
 	// write made before the freeze is in the change tracer's set (for
-	// example tracer.(*Tracer).Flush). Nil skips the step.
+	// example tracer.(*Tracer).Flush). It gets the critical section's
+	// context and, like it, must return promptly once that is cancelled:
+	// Run waits for it. Nil skips the step.
 	FlushTracer func(context.Context) error
 	// AllowSelf allows freezing the filesystem mounted at / or holding the
 	// running program's binary, which Run otherwise refuses with
@@ -102,9 +104,10 @@ type Sequencer struct {
 	// already received the signal and sets SignalsHandled so that it does
 	// not see it twice.
 	SignalsHandled bool
-	// Logf, if set, receives a line for each step after the filesystem
-	// is thawed (never while frozen: the log may live on the frozen
-	// filesystem).
+	// Logf, if set, receives a line with each step's duration once the
+	// filesystem is thawed (never while frozen: the log may live on the
+	// frozen filesystem), and the stack of a panic in the critical
+	// section before Run re-raises it.
 	Logf func(format string, args ...any)
 }
 

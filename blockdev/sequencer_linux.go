@@ -81,6 +81,9 @@ func (s *Sequencer) run(ctx context.Context, critical func(context.Context) erro
 	}
 	wd, err := startWatchdog(ctx, m, limit)
 	if err != nil {
+		if cerr := ctx.Err(); cerr != nil { // cancelled, not unavailable
+			return rep, fmt.Errorf("blockdev: starting the freeze watchdog: %w (nothing was frozen)", cerr)
+		}
 		return rep, fmt.Errorf("%w: %v (nothing was frozen)", ErrWatchdog, err)
 	}
 	defer wd.release()

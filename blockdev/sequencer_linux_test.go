@@ -12,12 +12,14 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/blockimage/blockimage/internal/reexec"
 	"github.com/blockimage/blockimage/internal/testenv"
+	"golang.org/x/sys/unix"
 )
 
 // TestSequencerOrderAndWriterBlocked is the main acceptance test, on ext4
@@ -197,6 +199,17 @@ func TestSequencerErrorsAndCancellation(t *testing.T) {
 		t.Errorf("the watchdog tried a thaw of its own after the sequencer found the filesystem thawed: %v", err)
 	}
 
+	// Cancelled while the watchdog starts: nothing frozen, and the
+	// error says cancelled (errors.Is), not "watchdog unavailable".
+	// lateCancel's Err says nil to Run's first look only.
+	rep, err = (&Sequencer{Device: d.Path}).Run(newLateCancel(), func(context.Context) error {
+		t.Error("critical section ran")
+		return nil
+	})
+	if !errors.Is(err, context.Canceled) || errors.Is(err, ErrWatchdog) || rep.Frozen || frozen(t, d.MountPoint) {
+		t.Errorf("cancelled while starting: %v, %+v", err, rep)
+	}
+
 	// A deadline of "forever": the watchdog's limit (deadline plus
 	// grace) must not overflow into a negative duration it rejects.
 	if _, err := (&Sequencer{Device: d.Path, Deadline: math.MaxInt64}).Run(context.Background(), func(context.Context) error { return nil }); err != nil {
@@ -229,6 +242,31 @@ func TestSequencerBindMountsFrozenOnce(t *testing.T) {
 	})
 	if err != nil || !rep.Frozen || rep.MountPoint != d.MountPoint {
 		t.Fatalf("%v, %+v", err, rep)
+	}
+}
+
+// TestSequencerSameFilesystemTwice: a second Sequencer on a filesystem
+// the first holds frozen fails with EBUSY, and neither it nor its
+// watchdog (armed just before its FIFREEZE) thaws the first one's freeze.
+func TestSequencerSameFilesystemTwice(t *testing.T) {
+	d := newTestFilesystem(t, "ext4")
+	rep, err := (&Sequencer{Device: d.Path}).Run(context.Background(), func(ctx context.Context) error {
+		called := false
+		rep, err := (&Sequencer{Device: d.Path}).Run(ctx, func(context.Context) error { called = true; return nil })
+		if !errors.Is(err, unix.EBUSY) || called || rep.Frozen {
+			t.Errorf("second Run = %v, %+v (critical called %v), want EBUSY", err, rep, called)
+		}
+		// The second Run has returned, its watchdog has exited.
+		if !frozen(t, d.MountPoint) {
+			t.Error("the second Run thawed the first one's freeze")
+		}
+		return nil
+	})
+	if err != nil || !rep.Frozen {
+		t.Fatalf("first Run = %v, %+v", err, rep)
+	}
+	if frozen(t, d.MountPoint) {
+		t.Fatal("still frozen")
 	}
 }
 
@@ -414,4 +452,28 @@ func TestSequencerDeviceMountedInAnotherNamespace(t *testing.T) {
 	if err != nil || rep.Frozen {
 		t.Fatalf("after the namespace is gone: %v, %+v", err, rep)
 	}
+}
+
+// lateCancel is a context that is done from the start but whose Err
+// reports it only from its second call on: cancelled right after Run's
+// first check, deterministically.
+type lateCancel struct {
+	context.Context
+	calls atomic.Int32
+	done  chan struct{}
+}
+
+func newLateCancel() *lateCancel {
+	c := &lateCancel{Context: context.Background(), done: make(chan struct{})}
+	close(c.done)
+	return c
+}
+
+func (c *lateCancel) Done() <-chan struct{} { return c.done }
+
+func (c *lateCancel) Err() error {
+	if c.calls.Add(1) == 1 {
+		return nil
+	}
+	return context.Canceled
 }

@@ -133,3 +133,22 @@ func (o *xrOverlay) ReadAt(p []byte, off int64) (int, error) {
 	}
 	return n, nil
 }
+
+// BenchmarkXFSInUse and BenchmarkReiserFSInUse map the testdata images
+// from memory: the parsing cost alone, without I/O. bench/fsparse-map
+// times real 4 GiB images beside partclone.
+func BenchmarkXFSInUse(b *testing.B) { xrBenchInUse(b, "xfs-v5-1k.img.gz") }
+
+func BenchmarkReiserFSInUse(b *testing.B) { xrBenchInUse(b, "reiserfs-3.5-4k.img.gz") }
+
+func xrBenchInUse(b *testing.B, file string) {
+	img := xrMem(xrImage(b, file))
+	var info Info
+	for b.Loop() {
+		var err error
+		if info, _, err = InUse(context.Background(), img, int64(len(img))); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(info.MetadataBytesRead), "metadata-bytes/op")
+}

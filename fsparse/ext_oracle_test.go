@@ -15,7 +15,6 @@ import (
 	"strconv"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/blockimage/blockimage/internal/testenv"
 )
@@ -94,7 +93,7 @@ var extPartcloneUsedRE = regexp.MustCompile(`Space in use:.*= *(\d+) Blocks[\s\S
 func extPartcloneUsed(t *testing.T, path string) int64 {
 	t.Helper()
 	dir := t.TempDir()
-	cmd := exec.Command("partclone.extfs", "-f", "0", "-D", "-s", path, "-O", filepath.Join(dir, "domain.log"), "-L", filepath.Join(dir, "partclone.log"))
+	cmd := exec.Command("partclone.extfs", "-F", "-f", "0", "-D", "-s", path, "-O", filepath.Join(dir, "domain.log"), "-L", filepath.Join(dir, "partclone.log"))
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("partclone.extfs -D -s %s: %v\n%s", path, err, out)
@@ -185,20 +184,18 @@ func extCovered(es []Extent, off, n int64) bool {
 	return lo < len(es) && es[lo].Offset <= off && off+n <= es[lo].End()
 }
 
-// extUnmount unmounts d's filesystem. A process outside the test (udev's
-// blkid, a desktop indexer) can hold the new filesystem for a moment,
-// making umount fail with "target is busy": that is retried a few times
-// with a growing pause, since there is no event to wait for.
-func extUnmount(t *testing.T, d *testenv.LoopDevice) {
+// extFreeze freezes the filesystem mounted on mp (FIFREEZE, through
+// fsfreeze) until the test ends: the journal is checkpointed, needs_recovery
+// cleared and the superblock's counters written, so the device reads as a
+// clean filesystem.
+func extFreeze(t *testing.T, mp string) {
 	t.Helper()
-	var out []byte
-	var err error
-	for i := 0; i < 6; i++ {
-		if out, err = exec.Command("umount", d.MountPoint).CombinedOutput(); err == nil {
-			d.MountPoint = ""
-			return
-		}
-		time.Sleep(time.Duration(100<<i) * time.Millisecond)
+	if out, err := exec.Command("fsfreeze", "--freeze", mp).CombinedOutput(); err != nil {
+		t.Fatalf("fsfreeze --freeze %s: %v: %s", mp, err, out)
 	}
-	t.Fatalf("umount %s: %v: %s", d.MountPoint, err, out)
+	t.Cleanup(func() {
+		if out, err := exec.Command("fsfreeze", "--unfreeze", mp).CombinedOutput(); err != nil {
+			t.Errorf("fsfreeze --unfreeze %s: %v: %s", mp, err, out)
+		}
+	})
 }

@@ -146,10 +146,10 @@ func TestUnknownAndUsage(t *testing.T) {
 
 // TestBlockDevice inspects a real loop device holding a filled ext4:
 // mounted and not frozen (its journal not checkpointed, which fsparse
-// replays in memory, with a note), then unmounted, where the size comes
-// from BLKGETSIZE64 and everything agrees with dumpe2fs.
+// replays in memory, with a note), then frozen, where the size comes from
+// BLKGETSIZE64 and everything agrees with dumpe2fs.
 func TestBlockDevice(t *testing.T) {
-	testenv.Require(t, testenv.LoopDevices, testenv.Commands("dumpe2fs"))
+	testenv.Require(t, testenv.LoopDevices, testenv.Commands("dumpe2fs", "fsfreeze"))
 	const size = 256 << 20
 	d := testenv.NewFilesystem(t, "ext4", size, "-b", "4096")
 	testenv.FillFiles(t, d.MountPoint, testenv.FillOptions{Seed: 5, Files: 40})
@@ -162,7 +162,12 @@ func TestBlockDevice(t *testing.T) {
 		t.Errorf("mounted device: %+v, want ext4, %d bytes and a note on the journal replay", r, size)
 	}
 
-	d.Unmount(t)
+	// Frozen, as a backup inspects it (and unlike umount, freezing also
+	// settles a filesystem another mount namespace still holds).
+	if out, err := exec.Command("fsfreeze", "--freeze", d.MountPoint).CombinedOutput(); err != nil {
+		t.Fatalf("fsfreeze --freeze: %v: %s", err, out)
+	}
+	t.Cleanup(func() { _ = exec.Command("fsfreeze", "--unfreeze", d.MountPoint).Run() })
 	code, out, errs = run(t, d.Path, "--json", "--extents")
 	if code != 0 {
 		t.Fatalf("inspect %s: exit %d: %s", d.Path, code, errs)

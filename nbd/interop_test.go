@@ -6,6 +6,8 @@ import (
 	"errors"
 	"math/rand/v2"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -227,5 +229,46 @@ func TestBlockStatusQemu(t *testing.T) {
 	}
 	if _, err := c.BlockStatus(ctx, "qemu:dirty-bitmap:none", 0, 4096); !errors.Is(err, ErrUnsupported) {
 		t.Errorf("unnegotiated context: %v", err)
+	}
+}
+
+// TestDirtyBitmapQemu reads qemu:dirty-bitmap:NAME from qemu-nbd, as the
+// incremental backup of a guest disk will.
+func TestDirtyBitmapQemu(t *testing.T) {
+	testenv.Require(t, testenv.Commands("qemu-img"))
+	img := filepath.Join(testenv.TempDir(t), "disk.qcow2")
+	for _, args := range [][]string{
+		{"create", "-q", "-f", "qcow2", img, "16M"},
+		{"bitmap", "--add", img, "b0"},
+	} {
+		if out, err := exec.Command("qemu-img", args...).CombinedOutput(); err != nil {
+			t.Fatalf("qemu-img %v: %v\n%s", args, err, out)
+		}
+	}
+	srv := testenv.StartNBD(t, testenv.QemuNBD, testenv.NBDOptions{Image: img, Format: "qcow2", Args: []string{"--bitmap=b0"}})
+	ctx := testCtx(t)
+	const ctxName = "qemu:dirty-bitmap:b0"
+	c, err := Dial(ctx, srv.URI, Options{MetaContexts: []string{"base:allocation", ctxName}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	// Writes through the export mark the enabled bitmap dirty.
+	if err := c.WriteAt(ctx, randBytes(2, 1<<20), 4<<20); err != nil {
+		t.Fatal(err)
+	}
+	ext, err := c.BlockStatus(ctx, ctxName, 0, c.Size())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("dirty bitmap: %+v", ext)
+	var dirty []Extent
+	for _, e := range ext {
+		if e.Flags&1 != 0 {
+			dirty = append(dirty, Extent{e.Offset, e.Length})
+		}
+	}
+	if len(dirty) != 1 || dirty[0].Offset > 4<<20 || dirty[0].End() < 5<<20 || dirty[0].Length > 2<<20 {
+		t.Fatalf("dirty extents %v, want about 4 MiB+1 MiB", dirty)
 	}
 }

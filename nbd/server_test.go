@@ -9,6 +9,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"math/big"
 	"net"
@@ -312,4 +313,37 @@ func mustRead(t *testing.T, path string) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// TestTLSNbdkit negotiates STARTTLS with nbdkit (GnuTLS) requiring TLS.
+func TestTLSNbdkit(t *testing.T) {
+	srvCfg, pool := selfSigned(t)
+	dir := testenv.TempDir(t)
+	cert := srvCfg.Certificates[0]
+	keyDER, err := x509.MarshalPKCS8PrivateKey(cert.PrivateKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Certificate[0]})
+	for name, data := range map[string][]byte{
+		"ca-cert.pem":     certPEM,
+		"server-cert.pem": certPEM,
+		"server-key.pem":  pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}),
+	} {
+		if err := os.WriteFile(filepath.Join(dir, name), data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	srv := testenv.StartNBD(t, testenv.Nbdkit, testenv.NBDOptions{Size: 16 << 20,
+		Args: []string{"--tls=require", "--tls-certificates=" + dir}})
+	ctx := testCtx(t)
+	if _, err := Dial(ctx, srv.URI, Options{}); err == nil {
+		t.Fatal("plain connection to nbdkit --tls=require succeeded")
+	}
+	c, err := Dial(ctx, strings.Replace(srv.URI, "nbd://", "nbds://", 1), Options{TLSConfig: &tls.Config{RootCAs: pool, ServerName: "localhost"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	exerciseClient(t, ctx, c, srv.Image)
 }

@@ -1,0 +1,127 @@
+package nbd
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"testing"
+	"time"
+)
+
+// silentServer completes the handshake (one export of 1 MiB, no
+// structured replies) and then reads requests without ever answering.
+func silentServer(t *testing.T) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				b := be.AppendUint64(nil, magicNBD)
+				b = be.AppendUint64(b, magicOpt)
+				b = be.AppendUint16(b, flagFixedNewstyle|flagNoZeroes)
+				c.Write(b)
+				var hdr [16]byte
+				io.ReadFull(c, hdr[:4])
+				for {
+					if _, err := io.ReadFull(c, hdr[:]); err != nil {
+						return
+					}
+					opt, n := be.Uint32(hdr[8:]), be.Uint32(hdr[12:])
+					io.CopyN(io.Discard, c, int64(n))
+					rep := func(typ uint32, data []byte) {
+						r := be.AppendUint64(nil, magicOptReply)
+						r = be.AppendUint32(r, opt)
+						r = be.AppendUint32(r, typ)
+						r = be.AppendUint32(r, uint32(len(data)))
+						c.Write(append(r, data...))
+					}
+					if opt != optGo {
+						rep(repErrUnsup, nil)
+						continue
+					}
+					info := be.AppendUint16(nil, infoExport)
+					info = be.AppendUint64(info, 1<<20)
+					info = be.AppendUint16(info, FlagHasFlags|FlagSendFlush)
+					rep(repInfo, info)
+					rep(repAck, nil)
+					io.Copy(io.Discard, c) // transmission: never answer
+					return
+				}
+			}()
+		}
+	}()
+	return "nbd://" + l.Addr().String() + "/"
+}
+
+func TestTimeoutAndCancel(t *testing.T) {
+	uri := silentServer(t)
+	ctx := testCtx(t)
+	c, err := Dial(ctx, uri, Options{Timeout: 300 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	// A cancelled context returns promptly and leaves the connection up.
+	cctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	buf := make([]byte, 4096)
+	go func() { done <- c.ReadAt(cctx, buf, 0) }()
+	cancel()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled read: %v", err)
+	}
+	// An operation the server never answers times out and fails the
+	// connection.
+	if err := c.Flush(ctx); !errors.Is(err, ErrDisconnected) {
+		t.Fatalf("unanswered flush: %v", err)
+	}
+	if err := c.ReadAt(ctx, buf, 0); !errors.Is(err, ErrDisconnected) {
+		t.Fatalf("read on a failed connection: %v", err)
+	}
+	// A sink over such a server gives up after its reconnect timeout.
+	s, err := NewSink(ctx, uri, SinkOptions{Options: Options{Timeout: 200 * time.Millisecond},
+		ReconnectTimeout: 500 * time.Millisecond, BackoffMin: 10 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if err := s.WriteAt(ctx, randBytes(1, 4096), 0); err != nil {
+		t.Fatal(err) // queued
+	}
+	if err := s.Flush(ctx); !errors.Is(err, ErrDisconnected) {
+		t.Fatalf("flush to a silent server: %v", err)
+	}
+	if d := s.Durable(); len(d) != 0 {
+		t.Fatalf("durable %v although nothing was acknowledged", d)
+	}
+}
+
+// TestDialCancel: a cancelled context stops the handshake.
+func TestDialCancel(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		c, err := l.Accept()
+		if err == nil {
+			defer c.Close()
+			io.Copy(io.Discard, c) // never greets
+		}
+	}()
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() { time.Sleep(50 * time.Millisecond); cancel() }()
+	if _, err := Dial(ctx, "nbd://"+l.Addr().String()+"/x", Options{}); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Dial with a cancelled context: %v", err)
+	}
+}

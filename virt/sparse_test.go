@@ -175,3 +175,20 @@ func TestFileSHA256(t *testing.T) {
 		t.Fatalf("%s %d %v", s, n, err)
 	}
 }
+
+func TestNoHashThenHash(t *testing.T) {
+	src, content := sparseSource(t)
+	in, _ := os.Open(src)
+	defer in.Close()
+	dstPath := filepath.Join(t.TempDir(), "dst")
+	out, _ := os.Create(dstPath)
+	defer out.Close()
+	d, err := Copier{NoHash: true, NoSync: true}.CopySparse(context.Background(), out, in, int64(len(content)))
+	if err != nil || d.SHA256 != "" {
+		t.Fatalf("%+v %v", d, err)
+	}
+	h, err := Copier{}.Hash(context.Background(), out, int64(len(content)))
+	if err != nil || h.SHA256 != sha(content) || h.DataBytes < d.DataBytes {
+		t.Fatalf("hash of the copy %+v (copy %+v) %v", h, d, err)
+	}
+}

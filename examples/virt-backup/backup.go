@@ -55,8 +55,7 @@ without it every domain of the hypervisor is backed up.
 		return usageError(fs, "--compression-level %d is not in 0..9", *level)
 	}
 	prog := newProgress(stderr)
-	var warnings []string
-	c, err := codecFor(*compression, *level, func(f string, a ...any) { warnings = append(warnings, fmt.Sprintf(f, a...)) })
+	c, err := codecFor(*compression, *level, func(f string, a ...any) { fmt.Fprintf(stderr, "virt-backup: warning: "+f+"\n", a...) })
 	if err != nil {
 		return usageError(fs, "%v", err)
 	}
@@ -256,14 +255,20 @@ func backupDomain(ctx context.Context, conn *virt.Conn, d *virt.Domain, o backup
 				}
 			}
 		}()
-		for _, p := range plan {
-			dr, dk, err := copyDisk(ctx, o, name, p)
+		// While the guest is stopped, only a plain sparse copy (or the
+		// flattening of a chain): no checksum, no compression, no fsync.
+		// Those run on the copy once the guest runs again, so that the
+		// downtime is the save, this copy and the restore.
+		quick := make([]string, len(plan))
+		for i, p := range plan {
+			q, err := quickCopy(ctx, o, name, p)
+			if q != "" {
+				created = append(created, q)
+			}
 			if err != nil {
 				return fail(err)
 			}
-			created = append(created, filepath.Join(o.dest, dk.Stored.File))
-			res.Disks = append(res.Disks, dr)
-			dm.Disks = append(dm.Disks, dk)
+			quick[i] = q
 		}
 		if !o.leaveStopped {
 			if err := conn.Restore(ctx, abs, "", false); err != nil {
@@ -273,6 +278,15 @@ func backupDomain(ctx context.Context, conn *virt.Conn, d *virt.Domain, o backup
 			}
 		}
 		resumed = true
+		for i, p := range plan {
+			dr, dk, err := copyDisk(ctx, o, name, p, quick[i])
+			if err != nil {
+				return fail(err)
+			}
+			created = append(created, filepath.Join(o.dest, dk.Stored.File))
+			res.Disks = append(res.Disks, dr)
+			dm.Disks = append(dm.Disks, dk)
+		}
 		h, size, err := virt.FileSHA256(ctx, savPath)
 		if err != nil {
 			return fail(err)
@@ -280,7 +294,7 @@ func backupDomain(ctx context.Context, conn *virt.Conn, d *virt.Domain, o backup
 		dm.Memory = &virt.StoredFile{File: savName, Size: size, SHA256: h}
 	} else {
 		for _, p := range plan {
-			dr, dk, err := copyDisk(ctx, o, name, p)
+			dr, dk, err := copyDisk(ctx, o, name, p, "")
 			if err != nil {
 				return fail(err)
 			}
@@ -362,15 +376,58 @@ func planDisks(ctx context.Context, d *virt.Domain, inactive string, active bool
 	return plan, nil
 }
 
-// copyDisk copies one disk into the backup folder.
-func copyDisk(ctx context.Context, o backupOptions, domain string, p plannedDisk) (diskResult, virt.DiskMetadata, error) {
+// quickCopy copies a disk, as fast as it can, to a hidden file in the
+// backup folder (flattening a backing chain) and returns its path.
+func quickCopy(ctx context.Context, o backupOptions, domain string, p plannedDisk) (string, error) {
+	tmp := filepath.Join(o.dest, "."+p.stored+".copy")
+	o.prog.begin(fmt.Sprintf("%s %s (guest stopped)", domain, p.disk.Target))
+	defer o.prog.end()
+	if len(p.chain) > 0 {
+		if err := virt.Flatten(ctx, p.disk.Source, p.disk.Format, tmp); err != nil {
+			return tmp, err
+		}
+		return tmp, nil
+	}
+	in, err := os.Open(p.disk.Source)
+	if err != nil {
+		return "", err
+	}
+	defer in.Close()
+	size, err := in.Seek(0, io.SeekEnd)
+	if err != nil {
+		return "", fmt.Errorf("size of %s: %w", p.disk.Source, err)
+	}
+	out, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return "", err
+	}
+	defer out.Close()
+	_, err = virt.Copier{Progress: o.prog.update, NoHash: true, NoSync: true}.CopySparse(ctx, out, in, size)
+	return tmp, err
+}
+
+// copyDisk copies one disk into the backup folder, with its checksum
+// (and compressed when asked). quick, when set, is quickCopy's copy of
+// the disk: it is read instead of the disk and removed; uncompressed, it
+// becomes the stored file itself.
+func copyDisk(ctx context.Context, o backupOptions, domain string, p plannedDisk, quick string) (diskResult, virt.DiskMetadata, error) {
 	src := p.disk.Source
 	dk := virt.DiskMetadata{
 		Domain: domain, Type: p.disk.Type, Device: p.disk.Device, Target: p.disk.Target, Format: p.disk.Format,
 		Source: src, UID: p.attrs.UID, GID: p.attrs.GID, Mode: p.attrs.Mode, SELinux: p.attrs.SELinux,
 		Compression: virt.CompressionNone,
 	}
-	if len(p.chain) > 0 {
+	for _, l := range p.chain {
+		dk.Flattened = true
+		dk.BackingChain = append(dk.BackingChain, l.Filename)
+	}
+	if quick != "" {
+		defer os.Remove(quick)
+		src = quick
+		if o.codec == nil {
+			return adoptCopy(ctx, o, p, dk, quick)
+		}
+	} else if len(p.chain) > 0 {
 		// A backing chain is flattened into one standalone image so that
 		// the backup restores without the base images.
 		flat := filepath.Join(o.dest, "."+p.stored+".flatten")
@@ -381,10 +438,6 @@ func copyDisk(ctx context.Context, o backupOptions, domain string, p plannedDisk
 		}
 		defer os.Remove(flat)
 		src = flat
-		dk.Flattened = true
-		for _, l := range p.chain {
-			dk.BackingChain = append(dk.BackingChain, l.Filename)
-		}
 	}
 	in, err := os.Open(src)
 	if err != nil {
@@ -444,6 +497,48 @@ func copyDisk(ctx context.Context, o backupOptions, domain string, p plannedDisk
 	return diskResult{
 		Target: p.disk.Target, Source: p.disk.Source, File: storedName, Size: size, DataBytes: dg.DataBytes,
 		StoredBytes: dk.Stored.Size, SHA256: dg.SHA256, Flattened: dk.Flattened,
+	}, dk, nil
+}
+
+// adoptCopy makes quickCopy's uncompressed copy the stored file: it is
+// linked under its final name (never replacing a file), checksummed and
+// synced.
+func adoptCopy(ctx context.Context, o backupOptions, p plannedDisk, dk virt.DiskMetadata, quick string) (diskResult, virt.DiskMetadata, error) {
+	storedName := p.stored
+	storedPath := filepath.Join(o.dest, storedName)
+	if err := os.Link(quick, storedPath); err != nil {
+		return diskResult{}, dk, err
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			os.Remove(storedPath)
+		}
+	}()
+	f, err := os.OpenFile(storedPath, os.O_RDWR, 0)
+	if err != nil {
+		return diskResult{}, dk, err
+	}
+	defer f.Close()
+	size, err := f.Seek(0, io.SeekEnd)
+	if err != nil {
+		return diskResult{}, dk, err
+	}
+	o.prog.begin(fmt.Sprintf("%s %s checksum", dk.Domain, dk.Target))
+	dg, err := virt.Copier{Progress: o.prog.update}.Hash(ctx, f, size)
+	o.prog.end()
+	if err != nil {
+		return diskResult{}, dk, err
+	}
+	if err := f.Sync(); err != nil {
+		return diskResult{}, dk, err
+	}
+	dk.Size, dk.SHA256 = size, dg.SHA256
+	dk.Stored = virt.StoredFile{File: storedName, Size: size, SHA256: dg.SHA256}
+	ok = true
+	return diskResult{
+		Target: p.disk.Target, Source: p.disk.Source, File: storedName, Size: size, DataBytes: dg.DataBytes,
+		StoredBytes: size, SHA256: dg.SHA256, Flattened: dk.Flattened,
 	}, dk, nil
 }
 

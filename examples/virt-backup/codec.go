@@ -39,7 +39,7 @@ func (lzmaCodec) name() string { return virt.CompressionLZMA }
 func (lzmaCodec) ext() string  { return ".xz" }
 
 func (c lzmaCodec) newWriter(ctx context.Context, w io.Writer) (io.WriteCloser, error) {
-	return mtcp.NewWriter(ctx, w, mtcp.Options{Level: c.level, Logf: c.logf})
+	return mtcp.NewWriter(ctx, w, mtcp.Options{Level: c.level, Codec: lzmaCodecName, Logf: c.logf})
 }
 
 func (lzmaCodec) newReader(ctx context.Context, f *os.File) (io.Reader, error) {

@@ -48,8 +48,10 @@ type SinkOptions struct {
 	// Source, when set, is where the data written at each offset can be
 	// read again (the device or snapshot being backed up). The sink then
 	// keeps no copy of unflushed data and does not flush before Flush is
-	// called: a write to resend is read back from Source. MaxUnflushed
-	// does not apply.
+	// called, except every 4×MaxUnflushed bytes (in the background) to
+	// bound its bookkeeping and what a reconnect must resend. A write to
+	// resend is read back from Source, which must hold what WriteAt was
+	// given.
 	Source io.ReaderAt
 	// OnDurable, when set, is called (with the sink's lock held, so it must
 	// not call the sink) with the extents each successful FLUSH made
@@ -106,6 +108,7 @@ type Sink struct {
 	pending    []*sinkWrite // not yet durable, in write order
 	inflight   []*sinkWrite // sent, reply not yet handled
 	buffered   int64        // bytes of data held by pending
+	unflushed  int64        // bytes pending writes cover
 	flushing   *sinkFlush   // a FLUSH in flight, if any
 	durable    extentSet
 	free       [][]byte // data buffers for reuse
@@ -240,6 +243,9 @@ func (s *Sink) WriteAt(ctx context.Context, p []byte, off int64) error {
 	if s.opts.Source == nil && s.buffered >= s.opts.MaxUnflushed/2 {
 		return s.checkpoint(ctx, s.buffered >= s.opts.MaxUnflushed)
 	}
+	if s.opts.Source != nil && s.unflushed >= 4*s.opts.MaxUnflushed {
+		return s.checkpoint(ctx, s.unflushed >= 8*s.opts.MaxUnflushed)
+	}
 	return nil
 }
 
@@ -263,6 +269,7 @@ func (s *Sink) data(ctx context.Context, p []byte, off int64) error {
 		if s.opts.Source != nil {
 			w := &sinkWrite{off: off + pos, n: n, cmd: cmdWrite}
 			s.pending = append(s.pending, w)
+			s.unflushed += n
 			if err := s.fail(s.send(ctx, w, p[pos:pos+n])); err != nil {
 				return err
 			}
@@ -321,6 +328,7 @@ func (s *Sink) release(w *sinkWrite) {
 func (s *Sink) add(ctx context.Context, w *sinkWrite) error {
 	s.pending = append(s.pending, w)
 	s.buffered += int64(len(w.data))
+	s.unflushed += w.payloadLen()
 	return s.fail(s.send(ctx, w, nil))
 }
 

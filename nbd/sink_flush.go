@@ -98,6 +98,7 @@ func (s *Sink) flushed(n int) {
 	var fresh extentSet
 	for _, w := range s.pending[:n] {
 		s.buffered -= int64(len(w.data))
+		s.unflushed -= w.payloadLen()
 		s.release(w)
 		fresh.add(w.off, w.n)
 	}

@@ -1,6 +1,7 @@
 package nbd
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"math/rand/v2"
@@ -167,4 +168,33 @@ func TestSinkOverwrite(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkImage(t, srv.Image, want)
+}
+
+// TestSinkSourceFlushesInBackground: with a Source the sink holds no
+// copies and flushes only every 4×MaxUnflushed bytes, and at Flush.
+func TestSinkSourceFlushesInBackground(t *testing.T) {
+	const size = 48 << 20
+	srv := testenv.StartNBD(t, testenv.QemuNBD, testenv.NBDOptions{Size: size})
+	src := randBytes(21, size)
+	ctx := testCtx(t)
+	dc := &durableChecker{t: t, image: srv.Image, src: src}
+	s, err := NewSink(ctx, srv.URI, SinkOptions{Source: bytes.NewReader(src), MaxUnflushed: 4 << 20, OnDurable: dc.onDurable})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	writeAll(t, ctx, s, src, 8, nil)
+	if dc.count == 0 {
+		t.Error("no background flush after 48 MiB with a 16 MiB bound")
+	}
+	if s.buffered != 0 {
+		t.Errorf("%d bytes of copies held with a Source", s.buffered)
+	}
+	if err := s.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if dc.failed != nil {
+		t.Fatal(dc.failed)
+	}
+	checkImage(t, srv.Image, src)
 }

@@ -145,7 +145,7 @@ func extFixSuperCsum(sb []byte) {
 
 // extFixBitmapCsums stores, in the descriptors that follow the superblock
 // in patch (1 KiB blocks: the descriptor block is patch[1024:2048]), the
-// checksums of the bitmaps they point to in base.
+// checksums of the bitmaps they point to in base, then their own.
 func extFixBitmapCsums(patch, base []byte) {
 	s, err := parseExtSuper(patch[:extSuperSize], int64(len(base)))
 	if err != nil || !s.metadataCsum || s.blockSize != 1024 || len(patch) < 2*1024 {
@@ -167,5 +167,6 @@ func extFixBitmapCsums(patch, base []byte) {
 		if s.descSize >= 64 {
 			le.PutUint16(d[0x38:], uint16(c>>16))
 		}
+		le.PutUint16(d[0x1E:], s.extDescCsum(off/s.descSize, d))
 	}
 }

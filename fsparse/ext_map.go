@@ -231,6 +231,9 @@ func (m *extMapper) readDescriptors(first, n uint64, buf []byte, groups *[]extGr
 			g.inodeTable |= uint64(le.Uint32(d[0x28:])) << 32
 			g.bitmapCsum |= uint32(le.Uint16(d[0x38:])) << 16
 		}
+		if err := s.checkDescCsum(g.n, d); err != nil {
+			return err
+		}
 		if err := s.checkGroup(&g); err != nil {
 			return err
 		}
@@ -322,6 +325,32 @@ func (m *extMapper) readBitmaps(ctx context.Context, groups []extGroup) error {
 			m.addBitmap(todo[k].n, bm)
 		}
 		i = j
+	}
+	return nil
+}
+
+// extDescCsum is a group descriptor's metadata_csum checksum: crc32c of
+// the group number and the descriptor with its checksum field zeroed, low
+// 16 bits (ext4_group_desc_csum).
+func (s *extSuper) extDescCsum(g uint64, d []byte) uint16 {
+	var le32 [4]byte
+	binary.LittleEndian.PutUint32(le32[:], uint32(g))
+	c := extCrc32c(s.csumSeed, le32[:])
+	c = extCrc32c(c, d[:0x1E])
+	c = extCrc32c(c, []byte{0, 0})
+	c = extCrc32c(c, d[0x20:s.descSize])
+	return uint16(c)
+}
+
+// checkDescCsum verifies descriptor d of group g (metadata_csum): a
+// damaged descriptor could point at the wrong bitmap or claim
+// BLOCK_UNINIT, and its group's blocks would silently go missing.
+func (s *extSuper) checkDescCsum(g uint64, d []byte) error {
+	if !s.metadataCsum {
+		return nil
+	}
+	if got, want := binary.LittleEndian.Uint16(d[0x1E:]), s.extDescCsum(g, d); got != want {
+		return corrupt(s.name, "group %d: descriptor checksum %#04x, computed %#04x", g, got, want)
 	}
 	return nil
 }

@@ -180,6 +180,11 @@ func TestExtCorrupt(t *testing.T) {
 	}
 	sb := 1024
 	gd := 2048 // the first group descriptor (1 KiB blocks)
+	// fixDesc damages a descriptor field and recomputes the descriptor's
+	// checksum, so that the field's own check is reached.
+	fixDesc := func(damage func([]byte)) func([]byte) {
+		return func(b []byte) { damage(b); extFixDescCsum(b, 0) }
+	}
 	cases := []struct {
 		name     string
 		damage   func([]byte)
@@ -193,7 +198,14 @@ func TestExtCorrupt(t *testing.T) {
 			bb := int(binary.LittleEndian.Uint32(b[gd:]))
 			b[bb*1024+10] ^= 0x10
 		}, 0, ErrCorrupt, false},
-		{"block bitmap checksum", put16(gd+0x18, 0xBEEF), 0, ErrCorrupt, false},
+		{"block bitmap checksum", func(b []byte) {
+			binary.LittleEndian.PutUint16(b[gd+0x18:], 0xBEEF)
+			extFixDescCsum(b, 0)
+		}, 0, ErrCorrupt, false},
+		{"descriptor checksum", put16(gd+0x1E, 0xBEEF), 0, ErrCorrupt, false},
+		{"BLOCK_UNINIT set under the descriptor checksum", func(b []byte) {
+			b[gd+0x12] |= extBGBlockUninit
+		}, 0, ErrCorrupt, false},
 		{"magic", put16(sb+0x38, 0x1234), 0, ErrUnknownFilesystem, false},
 		{"blocks beyond device", put32(sb+0x04, 4097), 0, ErrCorrupt, false},
 		{"device truncated", nil, 3 << 20, ErrCorrupt, false},
@@ -207,10 +219,10 @@ func TestExtCorrupt(t *testing.T) {
 		{"inodes count", put32(sb+0x00, 12345), 0, ErrCorrupt, false},
 		{"reserved gdt", put16(sb+0xCE, 0xFFFF), 0, ErrCorrupt, false},
 		{"journal inode", put32(sb+0xE0, 1<<30), 0, ErrCorrupt, false},
-		{"block bitmap beyond end", put32(gd+0x00, 5000), 0, ErrCorrupt, false},
-		{"inode bitmap beyond end", put32(gd+0x04, 0xFFFFFFF0), 0, ErrCorrupt, false},
-		{"inode table beyond end", put32(gd+0x08, 4090), 0, ErrCorrupt, false},
-		{"block bitmap high half", put32(gd+0x20, 1), 0, ErrCorrupt, false},
+		{"block bitmap beyond end", fixDesc(put32(gd+0x00, 5000)), 0, ErrCorrupt, false},
+		{"inode bitmap beyond end", fixDesc(put32(gd+0x04, 0xFFFFFFF0)), 0, ErrCorrupt, false},
+		{"inode table beyond end", fixDesc(put32(gd+0x08, 4090)), 0, ErrCorrupt, false},
+		{"block bitmap high half", fixDesc(put32(gd+0x20, 1)), 0, ErrCorrupt, false},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -334,4 +346,15 @@ func TestExtTestdataReplay(t *testing.T) {
 	if stale == info.UsedBytes {
 		t.Errorf("the stale bitmaps give the same %d bytes: the image does not exercise the replay", stale)
 	}
+}
+
+// extFixDescCsum recomputes the metadata_csum checksum of group g's
+// descriptor in img, a 1 KiB-block image whose descriptors start at 2048.
+func extFixDescCsum(img []byte, g uint64) {
+	s, err := parseExtSuper(img[1024:2048], int64(len(img)))
+	if err != nil || !s.metadataCsum {
+		return
+	}
+	d := img[2048+g*s.descSize : 2048+(g+1)*s.descSize]
+	binary.LittleEndian.PutUint16(d[0x1E:], s.extDescCsum(g, d))
 }

@@ -43,9 +43,11 @@ type Mount struct {
 // ErrMountInfo reports a mountinfo line that does not follow the format.
 var ErrMountInfo = errors.New("blockdev: malformed mountinfo")
 
-// maxMountInfoLine bounds one line; the kernel escapes paths, so a real
-// line is at most a few PATH_MAX long.
-const maxMountInfoLine = 64 << 10
+// maxMountInfoLine bounds one line. Paths are at most PATH_MAX, four times
+// that escaped, but an overlayfs line lists every lower layer in its super
+// options (up to 500 with lowerdir+), and one long line must not make the
+// mounts of every device unreadable on a container host.
+const maxMountInfoLine = 1 << 20
 
 // ParseMountInfo reads the mountinfo format of proc_pid_mountinfo(5) from
 // r and returns the mounts for which filter returns true (all of them when

@@ -477,3 +477,28 @@ func (c *lateCancel) Err() error {
 	}
 	return context.Canceled
 }
+
+// TestSequencerRefusesSwap: an unmounted device that is active swap is
+// written to by something Run cannot freeze: ErrInUse, and the critical
+// section does not run. (Holders, device-mapper or md, are not tested:
+// the test machine's kernel has neither.)
+func TestSequencerRefusesSwap(t *testing.T) {
+	testenv.Require(t, testenv.Root, testenv.LoopDevices, testenv.Commands("mkswap", "swapon", "swapoff"))
+	loop := testenv.NewLoopDevice(t, 16<<20)
+	if out, err := exec.Command("mkswap", loop.Path).CombinedOutput(); err != nil {
+		t.Fatalf("mkswap: %v: %s", err, out)
+	}
+	if out, err := exec.Command("swapon", loop.Path).CombinedOutput(); err != nil {
+		t.Fatalf("swapon: %v: %s", err, out)
+	}
+	t.Cleanup(func() {
+		if out, err := exec.Command("swapoff", loop.Path).CombinedOutput(); err != nil {
+			t.Errorf("swapoff: %v: %s", err, out)
+		}
+	})
+	called := false
+	_, err := (&Sequencer{Device: loop.Path}).Run(context.Background(), func(context.Context) error { called = true; return nil })
+	if !errors.Is(err, ErrInUse) || called {
+		t.Fatalf("Run = %v (critical called %v), want ErrInUse", err, called)
+	}
+}

@@ -86,6 +86,7 @@ type extSuper struct {
 	// superblock's, in the kernel's raw crc32c form.
 	metadataCsum bool
 	csumSeed     uint32
+	uuidRaw      [16]byte
 }
 
 func (s *extSuper) has(compat, incompat, roCompat uint32) bool {
@@ -260,6 +261,7 @@ func parseExtSuper(b []byte, size int64) (*extSuper, error) {
 	}
 	s.label = strings.TrimRight(string(b[0x78:0x88]), "\x00")
 	s.uuid = extFormatUUID(b[0x68:0x78])
+	copy(s.uuidRaw[:], b[0x68:0x78])
 	return s, nil
 }
 
@@ -325,4 +327,29 @@ var extCastagnoli = crc32.MakeTable(crc32.Castagnoli)
 // and final inversions Go's crc32 applies.
 func extCrc32c(seed uint32, p []byte) uint32 {
 	return ^crc32.Update(^seed, extCastagnoli, p)
+}
+
+// extCrc16Table is the kernel's lib/crc16.c table: CRC-16 with polynomial
+// 0x8005, bit-reversed (0xA001).
+var extCrc16Table = func() (t [256]uint16) {
+	for i := range t {
+		c := uint16(i)
+		for k := 0; k < 8; k++ {
+			if c&1 != 0 {
+				c = c>>1 ^ 0xA001
+			} else {
+				c >>= 1
+			}
+		}
+		t[i] = c
+	}
+	return t
+}()
+
+// extCrc16 is the kernel's crc16(crc, p).
+func extCrc16(crc uint16, p []byte) uint16 {
+	for _, b := range p {
+		crc = crc>>8 ^ extCrc16Table[byte(crc)^b]
+	}
+	return crc
 }

@@ -329,12 +329,24 @@ func (m *extMapper) readBitmaps(ctx context.Context, groups []extGroup) error {
 	return nil
 }
 
-// extDescCsum is a group descriptor's metadata_csum checksum: crc32c of
-// the group number and the descriptor with its checksum field zeroed, low
-// 16 bits (ext4_group_desc_csum).
+// extDescCsum is a group descriptor's checksum (ext4_group_desc_csum):
+// with metadata_csum, crc32c of the group number and the descriptor with
+// its checksum field zeroed, low 16 bits; with uninit_bg, a crc16.
 func (s *extSuper) extDescCsum(g uint64, d []byte) uint16 {
 	var le32 [4]byte
 	binary.LittleEndian.PutUint32(le32[:], uint32(g))
+	if !s.metadataCsum {
+		// uninit_bg (gdt_csum): crc16 of the UUID, the group number
+		// and the descriptor without its checksum; the part past 32
+		// bytes only with 64bit.
+		c := extCrc16(0xFFFF, s.uuidRaw[:])
+		c = extCrc16(c, le32[:])
+		c = extCrc16(c, d[:0x1E])
+		if s.incompat&extIncompat64Bit != 0 && s.descSize > 0x20 {
+			c = extCrc16(c, d[0x20:s.descSize])
+		}
+		return c
+	}
 	c := extCrc32c(s.csumSeed, le32[:])
 	c = extCrc32c(c, d[:0x1E])
 	c = extCrc32c(c, []byte{0, 0})
@@ -342,11 +354,12 @@ func (s *extSuper) extDescCsum(g uint64, d []byte) uint16 {
 	return uint16(c)
 }
 
-// checkDescCsum verifies descriptor d of group g (metadata_csum): a
+// checkDescCsum verifies descriptor d of group g (metadata_csum or
+// uninit_bg, the features under which BLOCK_UNINIT is honoured): a
 // damaged descriptor could point at the wrong bitmap or claim
 // BLOCK_UNINIT, and its group's blocks would silently go missing.
 func (s *extSuper) checkDescCsum(g uint64, d []byte) error {
-	if !s.metadataCsum {
+	if !s.groupCsummed {
 		return nil
 	}
 	if got, want := binary.LittleEndian.Uint16(d[0x1E:]), s.extDescCsum(g, d); got != want {

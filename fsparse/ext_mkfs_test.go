@@ -45,6 +45,8 @@ var extShapes = []extShape{
 	// 128 groups in 8 meta groups of 16 (64-byte descriptors).
 	{"ext4-metabg-64bit-1k-g1024-128M", "ext4", 128 * extMiB, []string{"-b", "1024", "-g", "1024", "-O", "meta_bg,^resize_inode,64bit"}, true},
 	{"ext4-4k-8G", "ext4", 8192 * extMiB, nil, true},
+	// BLOCK_UNINIT under the older uninit_bg (crc16 descriptor checksums).
+	{"ext4-uninit_bg-128M", "ext4", 128 * extMiB, []string{"-O", "^metadata_csum,uninit_bg"}, true},
 }
 
 // TestExtFreshImages maps freshly made filesystems in image files (no

@@ -82,8 +82,9 @@
 //     meanwhile.
 //   - Refusal: Run refuses, with [ErrRefused], to freeze the filesystem
 //     mounted at / or holding the running binary (os.Executable): the
-//     program could hang paging itself in, and the machine with it.
-//     Sequencer.AllowSelf overrides this.
+//     program's next write there (a log line, a temporary file, its
+//     configuration) would block until the thaw, and on / so would most
+//     of the machine's. Sequencer.AllowSelf overrides this.
 //   - A device that is not mounted is not frozen: the flushes and the
 //     critical section run, and the Report says Frozen is false. "Not
 //     mounted" is checked by the kernel, not only by our mountinfo: the

@@ -87,8 +87,9 @@ type Sequencer struct {
 	FlushTracer func(context.Context) error
 	// AllowSelf allows freezing the filesystem mounted at / or holding the
 	// running program's binary, which Run otherwise refuses with
-	// ErrRefused: a frozen root blocks logging, paging in the program and
-	// much else, so the critical section must touch nothing on it.
+	// ErrRefused: on a frozen root every write blocks, logging and
+	// temporary files included, so the critical section must write
+	// nothing there.
 	AllowSelf bool
 	// WatchdogGrace is how long after the deadline the watchdog thaws the
 	// filesystem by itself if this process has not (because it hangs or

@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -22,7 +23,8 @@ import (
 // os.Args[1] with a Sequencer, says "frozen" on stdout inside the critical
 // section, and waits there to be signalled or killed. With os.Args[2] ==
 // "stuck" a goroutine also writes to the frozen filesystem first, so a
-// thread of the process is blocked in the kernel when it is killed.
+// thread of the process is blocked in the kernel when it is killed; with
+// "stop" it stops itself (SIGSTOP) after saying "frozen".
 const testFreezer = "blockdev-test-freezer"
 
 // testRefuser runs from a copy of the test binary on the filesystem it
@@ -51,8 +53,10 @@ func init() {
 			Deadline: time.Minute, // the watchdog's timer must not be what thaws
 			Logf:     func(f string, a ...any) { fmt.Fprintf(os.Stderr, f+"\n", a...) },
 		}
-		if mode == "short" { // for a test that stops this process
-			s.Deadline, s.WatchdogGrace = 200*time.Millisecond, 100*time.Millisecond
+		if mode == "stop" { // stops itself in the critical section
+			// The deadline only has to outlast the way from FIFREEZE
+			// to the SIGSTOP below, in this process.
+			s.Deadline, s.WatchdogGrace = time.Second, 100*time.Millisecond
 		}
 		_, err := s.Run(context.Background(), func(ctx context.Context) error {
 			if mode == "stuck" {
@@ -65,6 +69,12 @@ func init() {
 				}
 			}
 			os.Stdout.WriteString("frozen\n")
+			if mode == "stop" {
+				// Hung: neither thawing nor dying. Stopping itself,
+				// rather than being stopped by the test, does not race
+				// with its own deadline.
+				syscall.Kill(os.Getpid(), syscall.SIGSTOP)
+			}
 			<-ctx.Done()
 			return ctx.Err()
 		})

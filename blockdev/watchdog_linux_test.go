@@ -62,15 +62,12 @@ func TestWatchdogThawsAfterSIGKILL(t *testing.T) {
 	}
 }
 
-// TestWatchdogDeadline stops (SIGSTOP) the process holding a freeze, so it
-// neither thaws nor dies: the watchdog thaws when deadline plus grace have
-// passed.
+// TestWatchdogDeadline: the process holding a freeze stops (SIGSTOP), so
+// it neither thaws nor dies: the watchdog thaws when deadline plus grace
+// have passed.
 func TestWatchdogDeadline(t *testing.T) {
 	d := newTestFilesystem(t, "ext4")
-	cmd, stderr, exited := startFreezer(t, d.Path, "short")
-	if err := cmd.Process.Signal(syscall.SIGSTOP); err != nil {
-		t.Fatal(err)
-	}
+	cmd, stderr, exited := startFreezer(t, d.Path, "stop")
 	w := startWriter(t, d.MountPoint, "blocked")
 	w.wait(t)
 	cmd.Process.Signal(syscall.SIGKILL)

@@ -56,7 +56,20 @@ func compressedBackup(t *testing.T, work string, g *testenv.Guest, others ...str
 		st, _ := os.Stat(xzFile)
 		t.Logf("%s: %d bytes compressed for %d", name, st.Size(), d.Disks[i].Size)
 	}
-	runOK(t, exitOK, "verify", "--source-path", backupDir)
+	if r.stderr != "" {
+		t.Errorf("backup not on a terminal printed on stderr: %q", r.stderr)
+	}
+	vr := runOK(t, exitOK, "verify", "--source-path", backupDir)
+	if vr.stderr != "" {
+		t.Errorf("verify not on a terminal printed on stderr: %q", vr.stderr)
+	}
+	// On a terminal (script(1) gives it one), verify shows progress.
+	if _, err := exec.LookPath("script"); err == nil {
+		out, err := exec.Command("script", "-qec", binary(t)+" verify --source-path "+backupDir, "/dev/null").CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "100.0% of 16.0 MiB") {
+			t.Errorf("verify on a terminal: %v, no progress in %q", err, out)
+		}
+	}
 	return backupDir
 }
 

@@ -8,6 +8,8 @@ import (
 	"syscall"
 	"testing"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/blockimage/blockimage/internal/testenv"
 	"github.com/blockimage/blockimage/virt"
 )
@@ -44,6 +46,13 @@ func TestBackupRestore(t *testing.T) {
 	run1.Start(t)
 	run2.Start(t)
 	done()
+
+	// An SELinux context on one disk (the kernel stores security.selinux
+	// even without a policy loaded), to be found on the restored copy.
+	const label = "system_u:object_r:svirt_image_t:s0:c10,c20"
+	if err := unix.Setxattr(off.Disks[0], "security.selinux", []byte(label), 0); err != nil {
+		t.Fatalf("setting an SELinux context: %v", err)
+	}
 
 	backupDir := filepath.Join(work, "backup")
 	names := strings.Join([]string{run1.Name, run2.Name, off.Name}, ",")
@@ -159,6 +168,11 @@ func TestBackupRestore(t *testing.T) {
 		if got.Size() != orig.Size() || got.Mode() != orig.Mode() {
 			t.Errorf("restored %s: size %d mode %v, original %d %v", name, got.Size(), got.Mode(), orig.Size(), orig.Mode())
 		}
+	}
+	buf := make([]byte, 256)
+	n, err := unix.Getxattr(filepath.Join(dest, off.Name+".vda.raw"), "security.selinux", buf)
+	if err != nil || strings.TrimRight(string(buf[:n]), "\x00") != label {
+		t.Errorf("restored disk SELinux context %q (%v), want %q", buf[:max(n, 0)], err, label)
 	}
 	if a := allocatedBytes(t, filepath.Join(dest, off.Name+".vda.raw")); a > 4<<20 {
 		t.Errorf("restored 16 MiB raw disk with 1 MiB of data allocates %d bytes", a)

@@ -65,7 +65,8 @@
 //     writing to the frozen filesystem, whose pipe only closes at the
 //     thaw), and in any case when Deadline plus Sequencer.WatchdogGrace
 //     (default 2 s) have passed since the freeze (a hung or stopped
-//     parent). The bound after SIGKILL is therefore the watchdog's
+//     parent; counted from just before FIFREEZE if the parent hangs
+//     before it can say the freeze is done). The bound after SIGKILL is therefore the watchdog's
 //     wake-up: immediate on the pipe's closing, at most one 20 ms poll
 //     otherwise, plus scheduling delay, which no program can bound on a
 //     busy machine (from the kill to a blocked writer's completed write

@@ -30,10 +30,12 @@ import (
 //     process, and so the pipe, alive until the thaw): polled every
 //     watchdogPoll in /proc/PPID/status (SIGKILL pending, zombie) and by
 //     the child being re-parented;
-//   - the deadline plus grace passed since the freeze.
+//   - the deadline plus grace passed since the freeze (or since it was
+//     about to freeze, if the parent never says it froze).
 //
 // Protocol on the child's stdin, one letter a line: F (about to freeze:
-// from now on the child is armed), Z (frozen: start the deadline), T
+// from now on the child is armed, and the limit runs), Z (frozen: the
+// limit starts again, from the end of FIFREEZE as the parent's deadline), T
 // (thawed: exit), X (the freeze failed: exit without thawing). The child
 // writes "ready" on stdout once it holds the mount point.
 const (
@@ -271,6 +273,13 @@ func watchdogMain() {
 				armed = true
 				t := time.NewTicker(watchdogPoll)
 				poll = t.C
+				// Counted from here too, not only from Z: a parent that
+				// hangs during or right after its FIFREEZE, before it
+				// can say Z, must not leave the filesystem frozen
+				// for good, nor a FIFREEZE that takes longer than the
+				// whole limit (it writes back all dirty data) block
+				// writers for longer.
+				deadline = time.After(limit)
 			case 'Z':
 				deadline = time.After(limit)
 			case 'T', 'X':

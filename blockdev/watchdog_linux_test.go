@@ -203,3 +203,39 @@ func hasCapSysResource(t *testing.T) bool {
 	t.Fatal("no CapEff in /proc/self/status")
 	return false
 }
+
+// TestWatchdogArmedNeverTold: a parent that hangs between its FIFREEZE
+// and telling the watchdog it froze (or whose FIFREEZE outlasts the whole
+// limit) does not leave the filesystem frozen: the limit already runs from
+// the moment the watchdog is armed. This test is that parent: it arms the
+// watchdog, freezes, and says nothing more.
+func TestWatchdogArmedNeverTold(t *testing.T) {
+	d := newTestFilesystem(t, "ext4")
+	mounts, err := MountsOf(d.Path)
+	if err != nil || len(mounts) != 1 {
+		t.Fatalf("MountsOf = %+v, %v", mounts, err)
+	}
+	wd, err := startWatchdog(context.Background(), mounts[0], 100*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer wd.release()
+	dir, err := os.Open(d.MountPoint)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dir.Close()
+	if err := wd.arm(); err != nil {
+		t.Fatal(err)
+	}
+	if err := Freeze(dir); err != nil {
+		t.Fatal(err)
+	}
+	<-wd.exited
+	if code := wd.cmd.ProcessState.ExitCode(); code != wdExitThawed {
+		t.Errorf("watchdog exited with %d (%s), want %d (thawed)", code, wd.note(code), wdExitThawed)
+	}
+	if frozen(t, d.MountPoint) {
+		t.Error("still frozen")
+	}
+}

@@ -262,7 +262,8 @@ func newFakeMachine(size int, seed uint64) *fakeMachine {
 			defer m.disk.mu.Unlock()
 			return m.disk.writes, nil
 		},
-		OpenTarget: func(ctx context.Context, target string, size int64) (Target, error) {
+		OpenTarget: func(ctx context.Context, target string, src Device) (Target, error) {
+			size := src.Size()
 			m.mu.Lock()
 			defer m.mu.Unlock()
 			t, ok := m.targets[target]

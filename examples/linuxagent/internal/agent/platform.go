@@ -83,9 +83,10 @@ type Platform struct {
 	// WriteCount returns how many sectors the kernel has written to
 	// device since boot.
 	WriteCount func(device string) (uint64, error)
-	// OpenTarget connects to target (an NBD URI or a local image path);
-	// size is the device size, which a new local image takes.
-	OpenTarget func(ctx context.Context, target string, size int64) (Target, error)
+	// OpenTarget connects to target (an NBD URI or a local image path)
+	// for a backup of src: a new local image takes its size, and data to
+	// resend after a reconnect is read again from it.
+	OpenTarget func(ctx context.Context, target string, src Device) (Target, error)
 }
 
 // ErrUnavailable reports a platform function that this build lacks.

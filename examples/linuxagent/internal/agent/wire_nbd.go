@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"errors"
+	"io"
 	"sync"
 
 	"github.com/blockimage/blockimage/nbd"
@@ -14,7 +15,9 @@ func init() {
 }
 
 // sinkMemory bounds the data the sink holds until a FLUSH makes it
-// durable (and resends after a reconnect): the agent's largest buffer.
+// durable, for resending after a reconnect; with the device as its
+// Source the sink holds no data, and flushes in the background every
+// 4×sinkMemory bytes to bound what a reconnect resends.
 const sinkMemory = 64 << 20
 
 // nbdTarget writes through an nbd.Sink, which reconnects and resends
@@ -29,8 +32,15 @@ type nbdTarget struct {
 	reader *nbd.Client
 }
 
-func dialNBD(ctx context.Context, uri string) (Target, error) {
-	s, err := nbd.NewSink(ctx, uri, nbd.SinkOptions{MaxUnflushed: sinkMemory})
+// dialNBD connects a sink that resends from src after a reconnect: a
+// block that changed on the device since it was first sent was written
+// meanwhile, so the tracer has it pending for a later pass anyway.
+func dialNBD(ctx context.Context, uri string, src io.ReaderAt) (Target, error) {
+	o := nbd.SinkOptions{MaxUnflushed: sinkMemory}
+	if src != nil {
+		o.Source = src
+	}
+	s, err := nbd.NewSink(ctx, uri, o)
 	if err != nil {
 		return nil, err
 	}

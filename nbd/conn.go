@@ -117,10 +117,26 @@ func (c *conn) start(ctx context.Context, r *request, flags uint16, payload []by
 	r.done = make(chan struct{})
 	select {
 	case c.sem <- struct{}{}:
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-c.dead:
-		return c.failed()
+	default:
+		// Every slot is taken: wait for a reply, but not forever, even if
+		// nobody waits on the requests in flight (a Sink's pipeline).
+		var timer <-chan time.Time
+		if c.timeout > 0 {
+			t := time.NewTimer(c.timeout)
+			defer t.Stop()
+			timer = t.C
+		}
+		select {
+		case c.sem <- struct{}{}:
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-c.dead:
+			return c.failed()
+		case <-timer:
+			err := fmt.Errorf("%w: no reply to any of %d requests within %v", ErrDisconnected, cap(c.sem), c.timeout)
+			c.fail(err)
+			return err
+		}
 	}
 	c.mu.Lock()
 	if c.err != nil {

@@ -40,7 +40,16 @@ func (s *Sink) checkpoint(ctx context.Context, wait bool) error {
 			}
 		}
 		if !s.allAcked() {
-			continue // a recovery resent writes
+			// A recovery resent writes, or a cancelled WriteAt left some
+			// unsent: send them, then look again.
+			for _, w := range s.pending {
+				if !w.acked && w.r == nil {
+					if err := s.send(ctx, w, nil); err != nil {
+						return err
+					}
+				}
+			}
+			continue
 		}
 		cn := s.client.pick()
 		r := &request{cmd: cmdFlush}

@@ -198,3 +198,46 @@ func TestSinkSourceFlushesInBackground(t *testing.T) {
 	}
 	checkImage(t, srv.Image, src)
 }
+
+// TestSinkCancelledWrite: a WriteAt cut short by its context leaves writes
+// queued but unsent; a later Flush sends them.
+func TestSinkCancelledWrite(t *testing.T) {
+	ts := startOurServer(t, 4<<20, false, nil)
+	ctx := testCtx(t)
+	for _, source := range []bool{false, true} {
+		src := randBytes(31, 4<<20)
+		o := SinkOptions{}
+		if source {
+			o.Source = bytes.NewReader(src)
+		}
+		s, err := NewSink(ctx, ts.URI, o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Queue a write the way a cancelled WriteAt leaves it: pending,
+		// not sent.
+		s.mu.Lock()
+		w := &sinkWrite{off: 0, n: 1 << 20, cmd: cmdWrite}
+		if !source {
+			w.data = append([]byte(nil), src[:1<<20]...)
+		}
+		s.pending = append(s.pending, w)
+		s.mu.Unlock()
+		cctx, cancel := context.WithCancel(ctx)
+		cancel()
+		if err := s.WriteAt(cctx, src[1<<20:], 1<<20); err == nil {
+			t.Fatal("WriteAt with a cancelled context succeeded")
+		}
+		if err := s.Flush(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.WriteAt(ctx, src[1<<20:], 1<<20); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Flush(ctx); err != nil {
+			t.Fatal(err)
+		}
+		checkImage(t, ts.Image, src)
+		s.Close()
+	}
+}

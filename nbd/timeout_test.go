@@ -125,3 +125,23 @@ func TestDialCancel(t *testing.T) {
 		t.Fatalf("Dial with a cancelled context: %v", err)
 	}
 }
+
+// TestSinkWindowTimeout: a sink whose every request slot is taken by a
+// server that never answers fails after the timeout instead of hanging.
+func TestSinkWindowTimeout(t *testing.T) {
+	uri := silentServer(t)
+	ctx := testCtx(t)
+	s, err := NewSink(ctx, uri, SinkOptions{Options: Options{Timeout: 200 * time.Millisecond, MaxInFlight: 2},
+		ReconnectTimeout: 300 * time.Millisecond, BackoffMin: 10 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	var werr error
+	for i := 0; i < 8 && werr == nil; i++ {
+		werr = s.WriteAt(ctx, randBytes(uint64(i), 4096), int64(i)*4096)
+	}
+	if !errors.Is(werr, ErrDisconnected) {
+		t.Fatalf("writes to a silent server: %v", werr)
+	}
+}

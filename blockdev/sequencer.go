@@ -23,8 +23,8 @@ const (
 var (
 	// ErrNotConsistent means the sequence did not hold the filesystem
 	// frozen for the whole critical section: it overran its deadline, was
-	// cancelled or interrupted, or someone else thawed the filesystem
-	// meanwhile. The filesystem is thawed; what the critical section
+	// cancelled or interrupted, the watchdog exited, or someone else
+	// thawed the filesystem meanwhile. The filesystem is thawed; what the critical section
 	// copied is not a consistent image.
 	ErrNotConsistent = errors.New("blockdev: image not consistent, filesystem thawed before the critical section completed")
 	// ErrRefused means the sequencer would not freeze the filesystem: it
@@ -130,8 +130,8 @@ type Report struct {
 	// frozen), and FITHAW.
 	Syncfs, Freeze, FlushBuffers, FlushTracer, Critical, Thaw time.Duration
 	// Cut says the sequence was cut short (deadline, cancellation,
-	// signal) and the filesystem thawed before the critical section
-	// returned.
+	// signal, the watchdog's exit) and the filesystem thawed before the
+	// critical section returned.
 	Cut bool
 	// Signal is the signal that cut the sequence, if one did.
 	Signal os.Signal
@@ -158,8 +158,8 @@ func (s *Sequencer) logf(format string, args ...any) {
 }
 
 // Run runs the sequence (see [Sequencer]) around critical, which receives
-// a context cancelled when the deadline passes, ctx is cancelled or a
-// signal arrives: it must stop promptly then, for Run waits for it to
+// a context cancelled when the deadline passes, ctx is cancelled, a
+// signal arrives or the watchdog exits: it must stop promptly then, for Run waits for it to
 // return (after thawing) and reports why it was cut. The critical section
 // runs on a goroutine of its own; a panic in it is re-raised by Run after
 // the thaw. It must not write to the frozen filesystem: such a write

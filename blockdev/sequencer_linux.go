@@ -392,12 +392,15 @@ func (s *Sequencer) runFrozen(ctx context.Context, dir, dev *os.File, wd *watchd
 		}
 	}
 	thawNow()
+	// Dismiss the watchdog now, not after a cut critical section has
+	// returned (which may take long): its own limit would otherwise pass
+	// meanwhile, and its FITHAW end a freeze someone else took after ours.
+	wdCode, wdNote := wd.finish(notFrozen())
 	if cutErr != nil {
 		rep.Cut = true
 		cancel(cutErr)
 		res = <-done
 	}
-	wdCode, wdNote := wd.finish(notFrozen())
 	rep.FlushBuffers, rep.FlushTracer, rep.Critical = res.flush, res.tracer, res.critics
 
 	if res.panicked {

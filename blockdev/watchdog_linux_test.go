@@ -239,3 +239,46 @@ func TestWatchdogArmedNeverTold(t *testing.T) {
 		t.Error("still frozen")
 	}
 }
+
+// TestWatchdogDismissedAtThaw: after the deadline's thaw the critical
+// section may take long to return; meanwhile someone else freezes the
+// filesystem. The watchdog must be gone by then, not wait for its own
+// limit and thaw that freeze.
+func TestWatchdogDismissedAtThaw(t *testing.T) {
+	d := newTestFilesystem(t, "ext4")
+	s := &Sequencer{Device: d.Path, Deadline: 200 * time.Millisecond, WatchdogGrace: 100 * time.Millisecond}
+	_, err := s.Run(context.Background(), func(ctx context.Context) error {
+		pid := watchdogPID(t)
+		if pid == 0 {
+			return errors.New("no watchdog child found")
+		}
+		<-ctx.Done()                  // the deadline
+		for frozen(t, d.MountPoint) { // until Run has thawed
+			time.Sleep(time.Millisecond) // polling the condition
+		}
+		dir, err := os.Open(d.MountPoint)
+		if err != nil {
+			return err
+		}
+		defer dir.Close()
+		if err := Freeze(dir); err != nil { // someone else's freeze
+			t.Errorf("freeze after the sequencer's thaw: %v", err)
+			return err
+		}
+		defer Thaw(dir)
+		// Until the watchdog has exited, whenever that is.
+		for {
+			if _, err := os.Stat("/proc/" + strconv.Itoa(pid)); err != nil {
+				break
+			}
+			time.Sleep(time.Millisecond) // polling the condition
+		}
+		if !frozen(t, d.MountPoint) {
+			t.Error("the watchdog thawed a freeze taken after the sequencer's thaw")
+		}
+		return nil
+	})
+	if !errors.Is(err, ErrNotConsistent) {
+		t.Fatalf("Run = %v, want ErrNotConsistent", err)
+	}
+}

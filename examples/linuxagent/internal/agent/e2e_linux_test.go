@@ -41,8 +41,8 @@ func endToEnd(t *testing.T, fstype string) {
 		// the daemon is stopped and turn the restart into a diff.
 		mkfsArgs = []string{"-E", "lazy_itable_init=0,lazy_journal_init=0"}
 	}
-	dev := testenv.NewFilesystem(t, fstype, 384<<20, mkfsArgs...)
-	files := testenv.FillFiles(t, dev.MountPoint, testenv.FillOptions{Seed: 2, Files: 40, MaxSize: 2 << 20})
+	dev := testenv.NewFilesystem(t, fstype, 256<<20, mkfsArgs...)
+	files := testenv.FillFiles(t, dev.MountPoint, testenv.FillOptions{Seed: 2, Files: 30, MaxSize: 2 << 20})
 
 	dir := testenv.TempDir(t)
 	image := filepath.Join(dir, "backup.img")

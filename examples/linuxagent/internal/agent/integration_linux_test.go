@@ -179,10 +179,10 @@ func TestNetworkFaultsDuringFullBackup(t *testing.T) {
 	testenv.Require(t, testenv.Root, testenv.LoopDevices, testenv.Mkfs("ext4"), testenv.Commands("qemu-nbd"))
 	const size = 1 << 30
 	dev := testenv.NewFilesystem(t, "ext4", size)
-	testenv.FillFiles(t, dev.MountPoint, testenv.FillOptions{Seed: 1, Files: 40, MaxSize: 16 << 20})
+	testenv.FillFiles(t, dev.MountPoint, testenv.FillOptions{Seed: 1, Files: 24, MaxSize: 16 << 20})
 	dev.Unmount(t)
 	srv := testenv.StartNBD(t, testenv.QemuNBD, testenv.NBDOptions{Size: size})
-	proxy := newCuttingProxy(t, srv.Address, 6, 3, 8<<20, 48<<20)
+	proxy := newCuttingProxy(t, srv.Address, 6, 3, 4<<20, 24<<20)
 
 	type outcome struct {
 		res any

@@ -358,3 +358,13 @@ func extFixDescCsum(img []byte, g uint64) {
 	d := img[2048+g*s.descSize : 2048+(g+1)*s.descSize]
 	binary.LittleEndian.PutUint16(d[0x1E:], s.extDescCsum(g, d))
 }
+
+// TestExtCancelled: a cancelled context stops the map with its error.
+func TestExtCancelled(t *testing.T) {
+	img := extImage(t, "ext4-1k-flexbg.img.gz")
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, _, err := InUse(ctx, bytes.NewReader(img), int64(len(img))); !errors.Is(err, context.Canceled) {
+		t.Fatalf("InUse with a cancelled context: err = %v", err)
+	}
+}

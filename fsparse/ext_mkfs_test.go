@@ -274,3 +274,40 @@ func TestExtJournalUnreadable(t *testing.T) {
 		t.Errorf("Info with ErrNeedsRecovery = %+v, want the superblock's facts and a note", info)
 	}
 }
+
+// TestExtResized grows filesystems offline with resize2fs (the descriptor
+// table grows into the reserved GDT blocks, or with meta_bg into new meta
+// groups) and shrinks one, then checks them like fresh ones.
+func TestExtResized(t *testing.T) {
+	testenv.Require(t, testenv.Commands("resize2fs", "dumpe2fs", "e2fsck", "debugfs", "partclone.extfs"))
+	for _, tc := range []struct {
+		sh       extShape
+		newSize  int64
+		resizeTo string
+	}{
+		{extShape{"grow-1k-64M-to-1G", "ext4", 64 * extMiB, []string{"-b", "1024"}, true}, 1024 * extMiB, ""},
+		{extShape{"grow-metabg-64M-to-512M", "ext4", 64 * extMiB, []string{"-b", "1024", "-O", "meta_bg,^resize_inode"}, true}, 512 * extMiB, ""},
+		{extShape{"shrink-ext3-256M-to-100M", "ext3", 256 * extMiB, []string{"-b", "4096"}, true}, 256 * extMiB, "100M"},
+	} {
+		t.Run(tc.sh.name, func(t *testing.T) {
+			t.Parallel()
+			img := testenv.NewImage(t, tc.sh.size)
+			testenv.MkfsImage(t, img, tc.sh.fstype, tc.sh.args...)
+			if err := os.Truncate(img, tc.newSize); err != nil {
+				t.Fatal(err)
+			}
+			// resize2fs wants a checked filesystem.
+			if out, err := exec.Command("e2fsck", "-fy", img).CombinedOutput(); err != nil {
+				t.Fatalf("e2fsck -fy: %v: %s", err, out)
+			}
+			args := []string{img}
+			if tc.resizeTo != "" {
+				args = append(args, tc.resizeTo)
+			}
+			if out, err := exec.Command("resize2fs", args...).CombinedOutput(); err != nil {
+				t.Fatalf("resize2fs %v: %v: %s", args, err, out)
+			}
+			checkExtImage(t, img, tc.sh)
+		})
+	}
+}

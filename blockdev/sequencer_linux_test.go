@@ -243,6 +243,22 @@ func TestSequencerBindMountsFrozenOnce(t *testing.T) {
 	if err != nil || !rep.Frozen || rep.MountPoint != d.MountPoint {
 		t.Fatalf("%v, %+v", err, rep)
 	}
+
+	// Another mount hides the filesystem's root mount: Run freezes
+	// through the bind mount instead of failing.
+	if out, err := exec.Command("mount", "-t", "tmpfs", "hider", d.MountPoint).CombinedOutput(); err != nil {
+		t.Fatalf("mount tmpfs over %s: %v: %s", d.MountPoint, err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", d.MountPoint).Run() })
+	rep, err = (&Sequencer{Device: d.Path}).Run(context.Background(), func(context.Context) error {
+		if !frozen(t, bind) {
+			t.Error("not frozen through the bind mount")
+		}
+		return nil
+	})
+	if err != nil || !rep.Frozen || rep.MountPoint != bind {
+		t.Fatalf("root mount hidden: %v, %+v", err, rep)
+	}
 }
 
 // TestSequencerSameFilesystemTwice: a second Sequencer on a filesystem

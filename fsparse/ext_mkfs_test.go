@@ -311,3 +311,29 @@ func TestExtResized(t *testing.T) {
 		})
 	}
 }
+
+// TestExtFastCommitRefused: a fast-commit journal's fast-commit area
+// records allocations that only ext4's own replay understands, so a copy
+// of a mounted ext4 with fast_commit is refused with ErrNeedsRecovery
+// rather than mapped without them.
+func TestExtFastCommitRefused(t *testing.T) {
+	testenv.Require(t, testenv.LoopDevices, testenv.Commands("cp"))
+	d := testenv.NewFilesystem(t, "ext4", 64*extMiB, "-O", "fast_commit")
+	testenv.FillFiles(t, d.MountPoint, testenv.FillOptions{Seed: 11, Files: 5})
+	crashed := testenv.NewImage(t, 64*extMiB)
+	if out, err := exec.Command("cp", d.Image, crashed).CombinedOutput(); err != nil {
+		t.Fatalf("cp: %v: %s", err, out)
+	}
+	if !extSuperOf(t, crashed).needsRecovery {
+		t.Fatal("the copy of the mounted filesystem does not need recovery")
+	}
+	f, err := os.Open(crashed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	_, _, err = InUse(context.Background(), f, 64*extMiB)
+	if !errors.Is(err, ErrNeedsRecovery) || !strings.Contains(err.Error(), "fast commit") {
+		t.Fatalf("InUse on a fast-commit filesystem needing recovery: err = %v, want ErrNeedsRecovery naming fast commit", err)
+	}
+}

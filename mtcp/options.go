@@ -68,9 +68,9 @@ type Options struct {
 	// codec registered with RegisterCodec, such as "liblzma" when the
 	// package mtcp/liblzma is imported.
 	Codec string
-	// Progress, when set, is called from the writer's goroutine after
-	// each Block is written, with the input bytes consumed so far and
-	// the compressed bytes written.
+	// Progress, when set, is called after each Block is written, with
+	// the input bytes consumed so far and the compressed bytes written.
+	// It runs on the pool's goroutine, not the caller's: keep it short.
 	Progress func(in, out int64)
 	// Logf receives warnings (an override of the child count beyond what
 	// memory allows, a child that died). Default: log.Printf.

@@ -32,6 +32,9 @@ func (sc *serverConn) transmit() error {
 		}
 	}
 	size := sc.s.Backend.Size()
+	// Payload memory per connection is bounded: a client cannot make the
+	// server hold Workers × MaxPayload bytes.
+	mem := newBudget(max(64<<20, int64(sc.maxPayload)))
 	var hdr [requestHeaderLen]byte
 	for {
 		if _, err := io.ReadFull(br, hdr[:]); err != nil {
@@ -65,6 +68,8 @@ func (sc *serverConn) transmit() error {
 					errno = errnoEINVAL
 				}
 			} else {
+				mem.acquire(int64(req.length))
+				req.mem = int64(req.length)
 				req.data = getBuf(int(req.length))
 				if _, err := io.ReadFull(br, req.data); err != nil {
 					putBuf(req.data)
@@ -76,10 +81,14 @@ func (sc *serverConn) transmit() error {
 			sc.replyError(send, &req, errno, "bad request")
 			continue
 		}
+		if req.cmd == cmdRead {
+			mem.acquire(int64(req.length))
+			req.mem = int64(req.length)
+		}
 		sem <- struct{}{}
 		wg.Add(1)
 		go func() {
-			defer func() { <-sem; wg.Done() }()
+			defer func() { mem.release(req.mem); <-sem; wg.Done() }()
 			sc.handle(send, &req)
 		}()
 		if werr := func() error { wmu.Lock(); defer wmu.Unlock(); return werr }(); werr != nil {
@@ -94,6 +103,40 @@ type serverReq struct {
 	off        uint64
 	length     uint32
 	data       []byte
+	mem        int64 // bytes of the connection's budget it holds
+}
+
+// budget is a counting semaphore of bytes.
+type budget struct {
+	mu    sync.Mutex
+	cond  sync.Cond
+	avail int64
+}
+
+func newBudget(n int64) *budget {
+	b := &budget{avail: n}
+	b.cond.L = &b.mu
+	return b
+}
+
+// acquire waits for n bytes; n must not exceed the budget's size.
+func (b *budget) acquire(n int64) {
+	b.mu.Lock()
+	for b.avail < n {
+		b.cond.Wait()
+	}
+	b.avail -= n
+	b.mu.Unlock()
+}
+
+func (b *budget) release(n int64) {
+	if n == 0 {
+		return
+	}
+	b.mu.Lock()
+	b.avail += n
+	b.mu.Unlock()
+	b.cond.Broadcast()
 }
 
 // check validates a request before it runs, returning an NBD errno.

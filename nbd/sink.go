@@ -97,6 +97,12 @@ func (o *SinkOptions) setDefaults() {
 // Durable (and OnDurable) report exactly the extents a successful FLUSH
 // covered.
 //
+// NBD has no fencing: a write still queued in the server for a connection
+// that broke can land after the sink resent newer data for the same blocks
+// on the next connection. Backups that rewrite blocks (converging copies)
+// should Flush before rewriting a block they wrote just before a
+// reconnect, or verify; each block written once is never affected.
+//
 // A Sink is safe for concurrent use, but its calls are serialised.
 type Sink struct {
 	target Target

@@ -103,7 +103,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return exitError
 	case errors.Is(err, fsparse.ErrNeedsRecovery) && !*extents && info.Filesystem != "":
 		// The summary can still come from the superblock's counters.
-		info.Notes = append(info.Notes, "used and free bytes are the superblock's counters, not the bitmaps': "+err.Error())
+		info.Notes = append(info.Notes, "used and free bytes are the superblock's counters, not the allocation maps': "+err.Error())
 	case err != nil:
 		fmt.Fprintf(stderr, "inspect: %s: %v\n", path, err)
 		if errors.Is(err, fsparse.ErrNeedsRecovery) {

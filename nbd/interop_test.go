@@ -83,6 +83,22 @@ func TestInterop(t *testing.T) {
 				t.Errorf("block sizes %d/%d/%d, want 4096/65536/262144", min, pref, max)
 			}
 			exerciseClient(t, ctx, c, srv.Image)
+			c.Close()
+			if srv.Image == "" {
+				return
+			}
+			// The sink over the same server: zero runs become WRITE_ZEROES.
+			src := halfZeroImage(uint64(len(s.name)), int(o.Size))
+			sink, err := NewSink(ctx, srv.URI, SinkOptions{MaxUnflushed: 4 << 20})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer sink.Close()
+			writeAll(t, ctx, sink, src, 9, nil)
+			if err := sink.Flush(ctx); err != nil {
+				t.Fatal(err)
+			}
+			checkImage(t, srv.Image, src)
 		})
 	}
 }

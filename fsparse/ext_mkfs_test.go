@@ -64,8 +64,8 @@ func TestExtFreshImages(t *testing.T) {
 	}
 }
 
-// checkExtImage runs every oracle on an unmounted filesystem at path and
-// returns the map.
+// checkExtImage runs every oracle on a filesystem at path, unmounted or
+// frozen, and returns the map.
 func checkExtImage(t *testing.T, path string, sh extShape) (Info, []Extent) {
 	t.Helper()
 	info, es := extMapImage(t, path)

@@ -30,7 +30,9 @@ func runBackup(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		`Back up libvirt domains into PATH (created if missing; it must not hold a
 backup already). A running domain's memory is saved to <name>.sav, which
 stops it; its disks are copied, then it is restored from that memory and
-runs on (the summary reports the downtime). A shut-off domain's disks are
+runs on (the summary reports the downtime); checksums and compression run
+after it resumes. With --leave-stopped it stays off (resume it later with
+'virsh restore PATH/<name>.sav'). A shut-off domain's disks are
 copied as they are. NAMES is a comma-separated list of domain names;
 without it every domain of the hypervisor is backed up.
 `, stdout, stderr)
@@ -176,10 +178,18 @@ func backupDomain(ctx context.Context, conn *virt.Conn, d *virt.Domain, o backup
 	name := d.Name()
 	res.Name = name
 	var created []string
+	// keep is a saved memory image that is the only copy of a guest's
+	// memory (the guest was not resumed from it): never removed.
+	var keep string
 	defer func() {
 		if !res.OK {
 			for _, p := range created {
-				os.Remove(p)
+				if p != keep {
+					os.Remove(p)
+				}
+			}
+			if keep != "" {
+				res.Error += fmt.Sprintf("; the guest is stopped and its memory is in %s: run 'virsh restore %s' to resume it", keep, keep)
 			}
 		}
 	}()
@@ -244,14 +254,15 @@ func backupDomain(ctx context.Context, conn *virt.Conn, d *virt.Domain, o backup
 		}
 		res.SaveSeconds = time.Since(t0).Seconds()
 		created = append(created, savPath)
-		// Whatever happens to the copies, the guest comes back.
+		// Whatever happens to the copies, the guest comes back, also with
+		// --leave-stopped when the backup fails before it is complete.
 		resumed := false
 		defer func() {
-			if !resumed && !o.leaveStopped {
+			if !resumed {
 				if err := conn.Restore(context.WithoutCancel(ctx), abs, "", false); err != nil {
 					res.OK = false
-					res.Error = strings.TrimPrefix(res.Error+"; ", "; ") + fmt.Sprintf("the guest could NOT be resumed (%v); its memory is in %s: keep that file and run 'virsh restore %s'", err, abs, abs)
-					created = nil // keep the .sav: it is the guest's memory
+					res.Error = strings.TrimPrefix(res.Error+"; ", "; ") + fmt.Sprintf("the guest could not be resumed: %v", err)
+					keep = savPath
 				}
 			}
 		}()
@@ -270,12 +281,13 @@ func backupDomain(ctx context.Context, conn *virt.Conn, d *virt.Domain, o backup
 			}
 			quick[i] = q
 		}
-		if !o.leaveStopped {
-			if err := conn.Restore(ctx, abs, "", false); err != nil {
-				res.Warnings = append(res.Warnings, fmt.Sprintf("backup complete, but the guest could not be resumed: %v; run 'virsh restore %s'", err, abs))
-			} else {
-				res.DowntimeSeconds = time.Since(t0).Seconds()
-			}
+		if o.leaveStopped {
+			keep = savPath
+		} else if err := conn.Restore(ctx, abs, "", false); err != nil {
+			keep = savPath
+			res.Warnings = append(res.Warnings, fmt.Sprintf("the guest could not be resumed: %v; run 'virsh restore %s'", err, abs))
+		} else {
+			res.DowntimeSeconds = time.Since(t0).Seconds()
 		}
 		resumed = true
 		for i, p := range plan {

@@ -17,6 +17,9 @@
 // is stopped by the save, its disks are copied while it is stopped (so
 // they match the saved memory), and it is restored from the saved memory
 // at once, unless --leave-stopped; the summary reports this downtime.
+// While the guest is stopped only a plain sparse copy is made; checksums,
+// compression and fsync run on that copy after the guest resumes (so a
+// compressed backup briefly needs the space of the uncompressed data).
 // Disks are copied sparsely and compressed with LZMA (.xz files that stock
 // `xz -d` reads) by mtcp's child processes when --compression lzma.
 // qcow2 disks with a backing chain are flattened into one image

@@ -39,6 +39,42 @@ type Options struct {
 	RequestSize int
 	// Dialer opens the transport; default a net.Dialer.
 	Dialer func(ctx context.Context, network, address string) (net.Conn, error)
+
+	infoOnly bool // Info: NBD_OPT_INFO, then abort
+}
+
+// ExportInfo describes an export, as [Info] learns it with NBD_OPT_INFO.
+type ExportInfo struct {
+	Size  int64
+	Flags uint16 // FlagReadOnly, FlagSendFlush, ...
+	// Block size constraints (1, 4096 and 32 MiB when the server states
+	// none).
+	MinimumBlock, PreferredBlock, MaxPayload int
+	// StructuredReplies and MetaContexts are what the server agreed to.
+	StructuredReplies bool
+	MetaContexts      []string
+}
+
+// Info asks the server about an export with NBD_OPT_INFO, without entering
+// the transmission phase, and disconnects.
+func Info(ctx context.Context, uri string, o Options) (ExportInfo, error) {
+	t, err := ParseURI(uri)
+	if err != nil {
+		return ExportInfo{}, err
+	}
+	o.setDefaults()
+	o.infoOnly = true
+	c := &Client{target: t, opts: o}
+	_, info, err := c.dialOne(ctx)
+	if err != nil {
+		return ExportInfo{}, err
+	}
+	ei := ExportInfo{Size: info.size, Flags: info.flags, MinimumBlock: int(info.minBlock),
+		PreferredBlock: int(info.prefBlock), MaxPayload: int(info.maxPayload), StructuredReplies: info.structured}
+	for n := range info.contexts {
+		ei.MetaContexts = append(ei.MetaContexts, n)
+	}
+	return ei, nil
 }
 
 func (o *Options) setDefaults() {
@@ -158,6 +194,10 @@ func (c *Client) dialOne(ctx context.Context) (*conn, *exportInfo, error) {
 	if err != nil {
 		nc.Close()
 		return nil, nil, fmt.Errorf("nbd: handshake with %s: %w", c.target, err)
+	}
+	if c.opts.infoOnly {
+		tnc.Close()
+		return nil, info, nil
 	}
 	tnc.SetDeadline(time.Time{})
 	return newConn(tnc, info, &c.opts), info, nil

@@ -84,6 +84,16 @@ func handshake(nc net.Conn, t Target, o *Options) (net.Conn, *exportInfo, error)
 		}
 		info.contexts = ctxs
 	}
+	if o.infoOnly {
+		unsup, err := h.infoOrGo(optInfo, t.Export, info)
+		if err == nil && unsup {
+			err = fmt.Errorf("nbd: server does not support NBD_OPT_INFO: %w", ErrUnsupported)
+		}
+		if err == nil {
+			h.send(optAbort, nil) // the server may answer or just close
+		}
+		return nc, info, err
+	}
 	fallback, err := h.goExport(t.Export, info)
 	if err != nil {
 		return nil, nil, err
@@ -255,12 +265,17 @@ func (h *haggler) setMetaContext(export string, queries []string) (map[string]ui
 // goExport sends NBD_OPT_GO; fallback is true when the server does not know
 // it and NBD_OPT_EXPORT_NAME must be used.
 func (h *haggler) goExport(export string, info *exportInfo) (fallback bool, err error) {
+	return h.infoOrGo(optGo, export, info)
+}
+
+// infoOrGo sends NBD_OPT_INFO or NBD_OPT_GO and reads the INFO replies.
+func (h *haggler) infoOrGo(opt uint32, export string, info *exportInfo) (fallback bool, err error) {
 	b := make([]byte, 0, 4+len(export)+4)
 	b = be.AppendUint32(b, uint32(len(export)))
 	b = append(b, export...)
 	b = be.AppendUint16(b, 1)
 	b = be.AppendUint16(b, infoBlockSize)
-	if err := h.send(optGo, b); err != nil {
+	if err := h.send(opt, b); err != nil {
 		return false, err
 	}
 	gotExport := false
@@ -268,7 +283,7 @@ func (h *haggler) goExport(export string, info *exportInfo) (fallback bool, err 
 		if i > 1024 {
 			return false, protoErr("too many replies to NBD_OPT_GO")
 		}
-		typ, data, err := h.reply(optGo)
+		typ, data, err := h.reply(opt)
 		if err != nil {
 			return false, err
 		}
@@ -300,7 +315,7 @@ func (h *haggler) goExport(export string, info *exportInfo) (fallback bool, err 
 				}
 			}
 		default:
-			unsup, err := optError(optGo, typ, data)
+			unsup, err := optError(opt, typ, data)
 			if unsup {
 				return true, nil
 			}

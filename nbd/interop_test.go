@@ -84,6 +84,20 @@ func TestInterop(t *testing.T) {
 			}
 			exerciseClient(t, ctx, c, srv.Image)
 			c.Close()
+			{ // NBD_OPT_INFO, then abort
+				info, err := Info(ctx, srv.URI, Options{})
+				if err != nil {
+					t.Fatalf("Info: %v", err)
+				}
+				if s.kind == testenv.NBDServer {
+					// nbd-server 3.24 answers NBD_OPT_INFO with size 0: it
+					// opens the export only for NBD_OPT_GO.
+					info.Size = o.Size
+				}
+				if info.Size != o.Size || info.Flags != c.Flags() {
+					t.Errorf("Info %+v, Dial saw size %d flags %#x", info, c.Size(), c.Flags())
+				}
+			}
 			if srv.Image == "" {
 				return
 			}

@@ -1,6 +1,7 @@
 package fsparse
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -106,6 +107,7 @@ func TestReiserFSShapes(t *testing.T) {
 		{"3.6-badblocks", 1 << 30, []string{"-B", bad}, "3.6"},
 		// The last bitmap covers fewer blocks than it has bits.
 		{"3.6-odd-size", 200<<20 + 12<<10, nil, "3.6"},
+		{"3.6-2K-blocks", 64 << 20, []string{"-b", "2048"}, "3.6"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			img := reiserImage(t, c.size, c.args...)
@@ -237,5 +239,47 @@ func TestReiserBitRuns(t *testing.T) {
 	// Bits past n are ignored.
 	if got := reiserBitRuns(nil, bm, 0, 200, 1); got[len(got)-1].End() > 200 {
 		t.Fatalf("runs past n: %v", got)
+	}
+}
+
+// TestReiserFSManyBitmaps grows the 1 KiB-block testdata image, in a
+// virtual device, past 65535 bitmaps: s_bmap_nr (16 bits) then records 0
+// and the count is computed. (mkreiserfs -b 512 on a 130 GiB sparse file
+// makes such a filesystem too, and the map agreed with debugreiserfs, but
+// it writes 260 MiB and took up to 90 s on a loaded machine.) The added
+// bitmaps read as zeros, so the map is the original's plus the new bitmap
+// blocks themselves.
+func TestReiserFSManyBitmaps(t *testing.T) {
+	img := xrImage(t, "reiserfs-3.6-1k.img.gz")
+	orig := xrMem(img)
+	info0, used0, err := InUse(context.Background(), orig, int64(len(img)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const bitmaps = 1<<16 + 1
+	count := uint32(bitmaps-1)*8192 + 100
+	le := binary.LittleEndian
+	le.PutUint32(img[reiserSBOffset:], count)
+	le.PutUint16(img[reiserSBOffset+70:], 0)
+	size := int64(count) * 1024
+	dev := xrSparse{img, size}
+	info, used, err := InUse(context.Background(), dev, size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := slices.Clone(used0)
+	for i := uint32(1); i < bitmaps; i++ {
+		want = append(want, Extent{int64(i) * 8192 * 1024, 1024})
+	}
+	if want = Merge(want); !slices.Equal(used, want) {
+		t.Fatalf("map of %d extents, want %d", len(used), len(want))
+	}
+	if info.UsedBytes != info0.UsedBytes+(bitmaps-1)*1024 {
+		t.Fatalf("used %d, want %d", info.UsedBytes, info0.UsedBytes+(bitmaps-1)*1024)
+	}
+	// The same count recorded in 16 bits is a contradiction.
+	le.PutUint16(img[reiserSBOffset+70:], 1)
+	if _, _, err := InUse(context.Background(), dev, size); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("bmap_nr 1 for %d bitmaps: %v", bitmaps, err)
 	}
 }

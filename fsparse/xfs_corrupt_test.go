@@ -199,6 +199,15 @@ func TestXFSCorrupt(t *testing.T) {
 			be.PutUint32(x.img[x.root+xfsSBlockHdrV5+4:], 1<<31)
 			x.fixBlock(x.root)
 		}, "outside the AG"},
+		// The trap: blocks between the short last AG's end and agblocks
+		// do not exist, even though AG-relative numbers reach there.
+		{"free extent beyond the short last AG", base, func(x *xfsTestImage) {
+			short := x.sb.dblocks - 16
+			be.PutUint64(x.img[8:], short)
+			x.fixSB()
+			be.PutUint32(x.img[x.agf+12:], uint32(short))
+			x.fixAGF()
+		}, "outside the AG's"},
 		{"records overlap", base, func(x *xfsTestImage) {
 			copy(x.img[x.root+xfsSBlockHdrV5+8:x.root+xfsSBlockHdrV5+16], x.img[x.root+xfsSBlockHdrV5:])
 			x.fixBlock(x.root)

@@ -334,7 +334,7 @@ func TestXFSFreshShapes(t *testing.T) {
 		{"v5-4K-sectors", 96 << 20, []string{"-s", "size=4096"}},
 		// The filesystem ends before the device does, and its last AG is
 		// short: nothing may be mapped past dblocks.
-		{"v5-short-last-AG", 400 << 20, []string{"-d", "size=333m,agcount=5"}},
+		{"v5-short-last-AG", 400 << 20, []string{"-d", "size=350m,agsize=80m"}}, // last AG: 30 of 80 MiB
 		{"v5-rmapbt-reflink", 300 << 20, []string{"-m", "rmapbt=1,reflink=1"}},
 	} {
 		t.Run(c.name, func(t *testing.T) {

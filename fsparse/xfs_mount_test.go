@@ -174,6 +174,8 @@ func TestXFSFilledCopy(t *testing.T) {
 	}{
 		{"v5-ag4-300M", 300 << 20, testenv.FillOptions{Seed: 1, Files: 60, MaxSize: 3 << 20}, nil, false},
 		{"v5-1K-ag1-many-holes", 64 << 20, testenv.FillOptions{Seed: 3, Files: 700, MaxSize: 6 << 10, Dirs: 3}, []string{"-b", "size=1024", "-d", "agcount=1"}, true},
+		// rmapbt blocks also come from the AGFL and count in agf_btreeblks.
+		{"v5-1K-ag1-rmapbt-holes", 64 << 20, testenv.FillOptions{Seed: 12, Files: 700, MaxSize: 6 << 10, Dirs: 3}, []string{"-b", "size=1024", "-d", "agcount=1", "-m", "rmapbt=1"}, true},
 		{"v5-ag16-2G-sparse", 2 << 30, testenv.FillOptions{Seed: 5, Files: 30, MaxSize: 6 << 20}, []string{"-d", "agcount=16"}, false},
 		{"v5-4K-sectors", 300 << 20, testenv.FillOptions{Seed: 10, Files: 40, MaxSize: 2 << 20}, []string{"-s", "size=4096"}, false},
 	} {

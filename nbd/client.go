@@ -230,13 +230,16 @@ func (c *Client) MetaContexts() []string {
 // Connections returns the number of connections in use.
 func (c *Client) Connections() int { return len(c.conns) }
 
-// Close sends NBD_CMD_DISC on every connection and closes them. Requests in
-// flight fail with ErrClosed.
+// Close sends NBD_CMD_DISC on every connection, lets the server answer the
+// requests in flight and close (for a few seconds at most), and closes.
 func (c *Client) Close() error {
 	c.closeOnce.Do(func() {
+		var wg sync.WaitGroup
 		for _, cn := range c.conns {
-			cn.disconnect()
+			wg.Add(1)
+			go func() { defer wg.Done(); cn.disconnect() }()
 		}
+		wg.Wait()
 	})
 	return nil
 }

@@ -217,13 +217,30 @@ func (c *conn) close() {
 }
 
 // disconnect sends NBD_CMD_DISC (which has no reply) and closes.
+//
+// Closing a socket with unread replies in it makes the kernel send a RST,
+// which can discard requests the server has not read yet; so once DISC is
+// sent the write side is shut and the replies are read until the server
+// closes (bounded by a few seconds and the timeout).
 func (c *conn) disconnect() {
 	if c.failed() == nil {
 		c.wmu.Lock()
 		putRequest(c.hdr[:], 0, cmdDisc, 0, 0, 0)
 		c.nc.SetWriteDeadline(time.Now().Add(time.Second))
-		c.nc.Write(c.hdr[:])
+		_, err := c.nc.Write(c.hdr[:])
 		c.wmu.Unlock()
+		if cw, ok := c.nc.(interface{ CloseWrite() error }); ok && err == nil && cw.CloseWrite() == nil {
+			wait := 5 * time.Second
+			if c.timeout > 0 {
+				wait = min(wait, c.timeout)
+			}
+			t := time.NewTimer(wait)
+			select {
+			case <-c.dead: // the server closed after answering
+			case <-t.C:
+			}
+			t.Stop()
+		}
 	}
 	c.fail(ErrClosed)
 }

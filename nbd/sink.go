@@ -191,12 +191,17 @@ func (s *Sink) Durable() []Extent {
 	return s.durable.clone()
 }
 
-// Close disconnects. Writes that no Flush covered are not durable: call
-// Flush first. Close does not wait for the server.
+// Close waits (up to the timeout) for the replies to writes in flight and
+// disconnects. Writes that no Flush covered are not durable: call Flush
+// first.
 func (s *Sink) Close() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.client != nil {
+		for _, w := range s.inflight {
+			w.cn.wait(context.Background(), w.r)
+		}
+		s.inflight = nil
 		s.client.Close()
 		s.client = nil
 	}

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // NewImage creates a sparse file of size bytes in a fresh [TempDir] and
@@ -128,6 +129,13 @@ func (d *LoopDevice) Unmount(t testing.TB) {
 		t.Fatalf("testenv: umount %s: %v: %s", d.MountPoint, err, out)
 	}
 	d.MountPoint = ""
+	// umount only detaches our mount: a mount namespace created meanwhile
+	// (unshare -m, by another package's test) holds a copy of it, and the
+	// filesystem stays active, journal and all, until that namespace ends.
+	// A block device opens exclusively only when no filesystem uses it.
+	if err := waitExclusive(d.Path, time.Minute); err != nil {
+		t.Fatalf("testenv: %s still in use after umount: %v", d.Path, err)
+	}
 }
 
 // MkfsImage formats path, a device or a regular image file, with the real

@@ -169,8 +169,9 @@ func readXFSSuper(r io.ReaderAt, size int64) (*xfsSuper, error) {
 	if sb.version == 5 {
 		sect := hdr
 		if sb.sectSize > int64(len(hdr)) {
-			sect = make([]byte, sb.sectSize)
-			if err := xrReadFull(r, sect, 0, size, "xfs", "superblock"); err != nil {
+			// Read only the rest of the sector.
+			sect = append(hdr, make([]byte, sb.sectSize-int64(len(hdr)))...)
+			if err := xrReadFull(r, sect[len(hdr):], int64(len(hdr)), size, "xfs", "superblock"); err != nil {
 				return nil, err
 			}
 		}

@@ -251,3 +251,66 @@ func TestXFSUnknownFeature(t *testing.T) {
 		t.Fatalf("needsrepair: %v, notes %q", err, info.Notes)
 	}
 }
+
+// xrRecorder records every read.
+type xrRecorder struct {
+	r     io.ReaderAt
+	reads []Extent
+}
+
+func (c *xrRecorder) ReadAt(p []byte, off int64) (int, error) {
+	c.reads = append(c.reads, Extent{off, int64(len(p))})
+	return c.r.ReadAt(p, off)
+}
+
+// TestXFSReadsMetadataOnce: outside the log, whose head search may touch
+// a block twice, and apart from the registry's probes (a few bytes of
+// each candidate superblock), no byte is read twice by InUse, and the AGs
+// are visited in device order.
+func TestXFSReadsMetadataOnce(t *testing.T) {
+	two := newXFSTestImage(t)
+	two.twoLevel(t)
+	for name, img := range map[string][]byte{"v4-2AGs": xrImage(t, "xfs-v4-512.img.gz"), "v5-two-level": two.img} {
+		t.Run(name, func(t *testing.T) {
+			sb, err := readXFSSuper(xrMem(img), int64(len(img)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			logStart := sb.agOffset(uint32(sb.logstart>>sb.agblklog), uint32(sb.logstart&(1<<sb.agblklog-1)))
+			log := Extent{logStart, int64(sb.logblocks) * sb.blockSize}
+			rec := &xrRecorder{r: xrMem(img)}
+			if _, _, err := InUse(context.Background(), rec, int64(len(img))); err != nil {
+				t.Fatal(err)
+			}
+			var rest []Extent
+			for _, e := range rec.reads {
+				if e.Offset >= log.Offset && e.End() <= log.End() || e.Length < 64 {
+					continue
+				}
+				rest = append(rest, e)
+			}
+			var total int64
+			for _, e := range rest {
+				total += e.Length
+			}
+			merged := Merge(slices.Clone(rest))
+			var once int64
+			for _, e := range merged {
+				once += e.Length
+			}
+			if once != total {
+				t.Fatalf("read %d bytes outside the log, %d distinct: %v", total, once, rest)
+			}
+			// AGFs in AG order.
+			prev := int64(-1)
+			for _, e := range rest {
+				if e.Length == sb.sectSize && (e.Offset-sb.sectSize)%(int64(sb.agblocks)*sb.blockSize) == 0 {
+					if e.Offset <= prev {
+						t.Fatalf("AGF at %d read after %d", e.Offset, prev)
+					}
+					prev = e.Offset
+				}
+			}
+		})
+	}
+}

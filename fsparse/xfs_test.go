@@ -337,6 +337,8 @@ func TestXFSFreshShapes(t *testing.T) {
 		{"v5-short-last-AG", 400 << 20, []string{"-d", "size=350m,agsize=80m"}}, // last AG: 30 of 80 MiB
 		{"v5-rmapbt-reflink", 300 << 20, []string{"-m", "rmapbt=1,reflink=1"}},
 		{"v5-64K-blocks", 600 << 20, []string{"-b", "size=65536"}},
+		// The log's block number encodes AG 3 in its high bits.
+		{"v5-log-in-AG3", 300 << 20, []string{"-l", "agnum=3"}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			img := xfsImage(t, c.size, c.args...)

@@ -42,6 +42,7 @@ type ftraceSource struct {
 	readers   []*cpuReader
 	pageSize  int
 	nonBlk    map[uint16]bool // ids of ftrace's own event types (print, bprint...)
+	markers   *markers        // the flush barrier's trace_marker writes; nil: drain only
 	blkType   int             // learnt from the first blk event, -1 before
 	blkTypeMu sync.Mutex
 
@@ -80,6 +81,11 @@ func startFtrace(ctx context.Context, d *blockDevice, set *Set, o Options) (_ *f
 	}
 	if f.nonBlk, err = f.ftraceEventIDs(); err != nil {
 		return nil, err
+	}
+	// Without trace_marker (the markers option off), Flush falls back to
+	// draining until EAGAIN; see Tracer.
+	if m, err := openMarkers(dir); err == nil {
+		f.markers = m
 	}
 	// From here on, every change is undone on failure.
 	defer func() {
@@ -128,7 +134,7 @@ func startFtrace(ctx context.Context, d *blockDevice, set *Set, o Options) (_ *f
 			return nil, fmt.Errorf("tracer: open %s: %w", filepath.Join(c, "trace_pipe_raw"), err)
 		}
 		page := make([]byte, f.pageSize)
-		r, err := newCPUReader(cpu, fd, func() error { return f.drain(fd, page) })
+		r, err := newCPUReader(cpu, fd, func() error { return f.drain(cpu, fd, page) })
 		if err != nil {
 			unix.Close(fd)
 			return nil, err
@@ -217,27 +223,31 @@ func (f *ftraceSource) ftraceEventIDs() (map[uint16]bool, error) {
 }
 
 // drain reads pages until the ring is empty.
-func (f *ftraceSource) drain(fd int, page []byte) error {
+func (f *ftraceSource) drain(cpu, fd int, page []byte) error {
 	for {
-		n, err := readNonblock(fd, page)
+		n, empty, err := readRing(fd, page)
 		if err != nil {
 			f.set.MarkIncomplete(fmt.Sprintf("reading the ring buffer: %v", err))
 			return err
 		}
-		if n == 0 {
+		if empty {
 			return nil
 		}
 		clear(page[n:])
-		f.parse(page[:n])
+		f.parse(cpu, page[:n])
 	}
 }
 
-func (f *ftraceSource) parse(page []byte) {
+func (f *ftraceSource) parse(cpu int, page []byte) {
 	info, err := ParsePage(page, func(_ uint64, data []byte) error {
 		if len(data) < 2 {
 			return fmt.Errorf("%w: event of %d bytes", ErrBadRecord, len(data))
 		}
 		typ := binary.LittleEndian.Uint16(data)
+		if f.markers != nil && typ == f.markers.printType {
+			f.markers.observe(cpu, data)
+			return nil
+		}
 		if f.nonBlk[typ] {
 			return nil // a trace_marker write or a kernel trace_printk
 		}
@@ -345,7 +355,12 @@ func readLossCounters(path string) (lossCounters, error) {
 }
 
 func (f *ftraceSource) flush(ctx context.Context) error {
-	err := flushAll(ctx, f.readers)
+	var err error
+	if f.markers != nil {
+		err = f.markers.barrier(ctx, f.readers, 10*time.Second)
+	} else {
+		err = flushAll(ctx, f.readers)
+	}
 	f.statsMu.Lock()
 	f.checkLossLocked()
 	f.lastCheck = time.Now()
@@ -392,6 +407,9 @@ func (f *ftraceSource) restore() error {
 			unix.Close(r.fd)
 			unix.Close(r.efd)
 		}
+	}
+	if f.markers != nil {
+		f.markers.close()
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("tracer: restoring tracing settings: %w", err)

@@ -202,13 +202,31 @@ func traceRounds(t *testing.T, dev, mp, image string, off, size int64, rounds in
 			}
 		}
 		if missed > 0 {
+			// Were the events late (a barrier failure) or lost?
+			m, err := tr.Cut(ctx)
+			var late int64
+			if err == nil {
+				later := make([]bool, len(cur))
+				for _, e := range s.Pending(m) {
+					for b := e.Offset / bs; b*bs < e.End(); b++ {
+						later[b] = true
+					}
+				}
+				for b := range cur {
+					if cur[b] != prev[b] && !traced[b] && later[b] {
+						late++
+					}
+				}
+			}
+			ok, why := s.Complete()
+			t.Errorf("round %d: %d missed blocks arrived in a later epoch; complete %v %s", round, late, ok, why)
 			t.Fatalf("round %d: %d of %d changed blocks missed", round, missed, changed)
 		}
 		if changed == 0 {
 			t.Fatalf("round %d: the workload changed nothing: the test tests nothing", round)
 		}
-		t.Logf("round %d: epoch %d, %d blocks changed, %d traced, false positives %.1f%%",
-			round, n, changed, tracedN, 100*float64(tracedN-changed)/float64(max(tracedN, 1)))
+		t.Logf("round %d: epoch %d, %d blocks changed, %d traced, false positives %.1f%% (longest run of empty ring reads %d)",
+			round, n, changed, tracedN, 100*float64(tracedN-changed)/float64(max(tracedN, 1)), maxZeroRun.Load())
 		changedTotal += changed
 		tracedTotal += tracedN
 		s.Acknowledge(pending, n) // the incremental backup was made durable

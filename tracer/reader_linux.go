@@ -103,6 +103,10 @@ func (c *cpuReader) run(interval time.Duration, idle func()) {
 // the readers as a starved machine would.
 var testHookBeforeDrain atomic.Pointer[func(cpu int)]
 
+// maxZeroRun is the longest run of 0-byte trace_pipe_raw reads seen, for
+// the tests' logs.
+var maxZeroRun atomic.Int64
+
 // flushAll asks each reader for a drain that starts after this call and
 // waits for all of them.
 func flushAll(ctx context.Context, readers []*cpuReader) error {
@@ -167,5 +171,37 @@ func readNonblock(fd int, p []byte) (int, error) {
 			return 0, err
 		}
 		return n, nil
+	}
+}
+
+// readRing reads one page from a non-blocking trace_pipe_raw. The kernel
+// answers EAGAIN when it finds the ring empty, and 0 bytes when it cannot
+// take a page although the ring does not look empty: this happens when the
+// ring holds no entries (ring_buffer_read_page refuses to swap in a page
+// when the entry count is zero, while the emptiness test looks at the
+// commit page only), and it persists while nothing is written. A few quick
+// retries cover a writer in the middle of a page switch; after them the
+// ring counts as empty.
+func readRing(fd int, p []byte) (n int, empty bool, err error) {
+	for zeros := int64(0); ; {
+		n, err := unix.Read(fd, p)
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err == unix.EAGAIN:
+			return 0, true, nil
+		case err != nil:
+			return 0, false, err
+		case n > 0:
+			return n, false, nil
+		}
+		zeros++
+		if zeros > maxZeroRun.Load() {
+			maxZeroRun.Store(zeros)
+		}
+		if zeros >= 4 {
+			return 0, true, nil
+		}
+		time.Sleep(100 * time.Microsecond)
 	}
 }

@@ -106,21 +106,26 @@ var (
 //     the CPU that submits it, in the submitter's context, before the I/O
 //     starts (see Classify). So once a write has completed, its event is
 //     committed in some CPU's buffer.
-//  2. Flush asks every CPU's reader to drain its buffer, and a reader
-//     starts that drain only after receiving the request, hence after Flush
-//     was called. It reads trace_pipe_raw (or the relay file) with
-//     non-blocking reads until the kernel answers EAGAIN (or 0 bytes):
-//     the buffer is empty at that moment, so every event committed before
-//     it, in particular every event of fact 1, has been read.
-//  3. Each page is parsed and applied to the Set before the reader
-//     acknowledges, and Flush returns only when every CPU has acknowledged.
+//  2. With ftrace, Flush then writes a marker into every CPU's ring, with
+//     trace_marker from a thread pinned to that CPU. A CPU's ring is FIFO:
+//     everything committed on it before the marker precedes the marker.
+//  3. Flush asks every CPU's reader for a drain that starts after the
+//     request (non-blocking reads until the kernel has nothing), and
+//     repeats until each reader has parsed its CPU's marker. Each page is
+//     applied to the Set before the reader answers. So when Flush returns,
+//     every event of fact 1 is in the Set.
 //
-// No marker event is needed, and no timing: the barrier is "the buffer was
-// seen empty after the call", per CPU. Events that arrive after a CPU's
-// drain belong to writes submitted after Flush was called, which the
-// caller, having frozen the filesystem, does not wait for. Flush also
-// checks the loss counters, so a Set that lost events during the epoch is
-// marked incomplete before the caller cuts it.
+// The markers make the barrier independent of how the kernel answers a
+// read of a ring it cannot take a page from: trace_pipe_raw answers EAGAIN
+// when the ring is empty but also 0 bytes in some states, and a barrier
+// that trusted either answer alone would rest on ring-buffer internals.
+// When trace_marker is unavailable (the markers option off) and for the
+// classic relay files, the drain alone is the barrier: a relay file read
+// returns 0 only when no sub-buffer holds unread data. Events that arrive
+// after a CPU's drain belong to writes submitted after Flush was called,
+// which a caller that froze the filesystem does not wait for. No timing is
+// involved. Flush also checks the loss counters, so a Set that lost
+// events during the epoch is marked incomplete before the caller cuts it.
 //
 // Loss is never silent: overwritten or dropped ring events, a page flagged
 // as following lost events, a sequence gap in classic records, a passthrough

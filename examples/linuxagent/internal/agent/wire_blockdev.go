@@ -3,7 +3,6 @@ package agent
 import (
 	"context"
 	"os"
-	"syscall"
 	"time"
 
 	"github.com/blockimage/blockimage/blockdev"
@@ -24,7 +23,7 @@ func openBlockdev(path string, write bool) (Device, error) {
 		flag = os.O_RDWR
 	}
 	if !isRegularFile(path) {
-		flag |= syscall.O_DIRECT
+		flag |= oDirect
 	}
 	return blockdev.Open(path, flag)
 }

@@ -22,8 +22,16 @@ func ReadAttrs(path string) (FileAttrs, error) {
 		return FileAttrs{}, fmt.Errorf("virt: no ownership for %s", path)
 	}
 	a := FileAttrs{UID: int(st.Uid), GID: int(st.Gid), Mode: fi.Mode() & (os.ModePerm | os.ModeSetuid | os.ModeSetgid | os.ModeSticky)}
-	buf := make([]byte, 1024)
+	buf := make([]byte, 256)
 	n, err := unix.Getxattr(path, selinuxXattr, buf)
+	if errors.Is(err, unix.ERANGE) {
+		// A longer context than usual: ask for its size (bounded by the
+		// kernel's XATTR_SIZE_MAX, 64 KiB).
+		if n, err = unix.Getxattr(path, selinuxXattr, nil); err == nil {
+			buf = make([]byte, n)
+			n, err = unix.Getxattr(path, selinuxXattr, buf)
+		}
+	}
 	switch {
 	case err == nil:
 		a.SELinux = strings.TrimRight(string(buf[:n]), "\x00")

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -55,5 +56,23 @@ func TestAttrsRoundTrip(t *testing.T) {
 	t.Logf("restored attrs %+v", b)
 	if b != a {
 		t.Fatalf("applied %+v, read back %+v", a, b)
+	}
+}
+
+func TestLongSELinuxContext(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("security.* xattrs need root")
+	}
+	p := filepath.Join(t.TempDir(), "f")
+	if err := os.WriteFile(p, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	long := "system_u:object_r:svirt_image_t:s0:" + strings.Repeat("c1,", 200) + "c2"
+	if err := unix.Setxattr(p, selinuxXattr, []byte(long), 0); err != nil {
+		t.Skipf("filesystem keeps no security.selinux: %v", err)
+	}
+	a, err := ReadAttrs(p)
+	if err != nil || a.SELinux != long {
+		t.Fatalf("read %q, %v", a.SELinux, err)
 	}
 }

@@ -88,7 +88,6 @@ func cmdBackup(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	default:
 		res, err = agent.System.Run(ctx, agent.Backup{Request: req, Progress: out.progress, Notify: out.note})
 	}
-	out.finish()
 	if err != nil {
 		return exitErr(stderr, err)
 	}
@@ -224,8 +223,6 @@ func (r *reporter) line(format string, args ...any) {
 		fmt.Fprintf(r.w, format+"\n", args...)
 	}
 }
-
-func (r *reporter) finish() {}
 
 const restoreAbout = `
 Copy the backup image at TARGET (an NBD URI or a local image file) to

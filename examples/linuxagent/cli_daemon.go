@@ -263,11 +263,12 @@ func trackCommand(ctx context.Context, name string, args []string, stdout, stder
 
 // deviceRow is one line of 'devices'.
 type deviceRow struct {
-	Device    string                 `json:"device"`
-	Size      int64                  `json:"size"`
-	Mounts    []string               `json:"mounts,omitempty"`
-	Tracking  *agentapi.DeviceStatus `json:"tracking,omitempty"`
-	mountNote string
+	Device   string                 `json:"device"`
+	Size     int64                  `json:"size"`
+	Mounts   []string               `json:"mounts,omitempty"`
+	Tracking *agentapi.DeviceStatus `json:"tracking,omitempty"`
+	// MountError says why the mounts are unknown.
+	MountError string `json:"mount_error,omitempty"`
 }
 
 func cmdDevices(ctx context.Context, args []string, stdout, stderr io.Writer) int {
@@ -300,7 +301,7 @@ func cmdDevices(ctx context.Context, args []string, stdout, stderr io.Writer) in
 				r.Mounts = append(r.Mounts, m.MountPoint+" ("+m.FSType+")")
 			}
 			if err != nil {
-				r.mountNote = err.Error()
+				r.MountError = err.Error()
 			}
 		}
 		rows[dev] = r
@@ -347,7 +348,10 @@ func cmdDevices(ctx context.Context, args []string, stdout, stderr io.Writer) in
 			}
 		}
 		mounted := strings.Join(r.Mounts, ", ")
-		if mounted == "" {
+		switch {
+		case r.MountError != "":
+			mounted = "? (" + r.MountError + ")"
+		case mounted == "":
 			mounted = "-"
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", r.Device, human(r.Size), mounted, track)

@@ -126,7 +126,13 @@ func xfsFilled(t *testing.T, size int64, fill testenv.FillOptions, mkfsArgs ...s
 func xrUnmount(t *testing.T, d *testenv.LoopDevice) {
 	t.Helper()
 	mp := d.MountPoint
-	d.Unmount(t)
+	// Not d.Unmount: it waits for other namespaces to let go, which a
+	// long-lived qemu (or the holder in TestXFSUnmountInOtherNamespace)
+	// does not do; their copies are removed below instead.
+	if out, err := exec.Command("umount", mp).CombinedOutput(); err != nil {
+		t.Fatalf("umount %s: %v: %s", mp, err, out)
+	}
+	d.MountPoint = "" // tells testenv's cleanup it is unmounted
 	self, _ := os.Readlink("/proc/self/ns/mnt")
 	done := map[string]bool{self: true}
 	procs, _ := filepath.Glob("/proc/[0-9]*")

@@ -235,6 +235,26 @@ func badInput(t *testing.T, work, good, running1, running2 string) {
 			m.Domain(running1).Memory.File = running1 + ".sav"
 			writeMeta(t, dir, m)
 		}, exitFailed, "holds the memory of domain"},
+		{"domain XML with a disk the backup lacks", func(t *testing.T, dir string) {
+			// A consistent but hostile backup: its domain XML adds a host
+			// file as a disk. Restore must not define a guest on it.
+			p := filepath.Join(dir, running1+".xml")
+			b, err := os.ReadFile(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			x := strings.Replace(string(b), "</devices>", "<disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='/etc/shadow'/><target dev='vdz' bus='virtio'/></disk></devices>", 1)
+			if err := os.WriteFile(p, []byte(x), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			m := readMeta(t, dir)
+			sum, n, err := virt.FileSHA256(t.Context(), p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			m.Domain(running1).XML.SHA256, m.Domain(running1).XML.Size = sum, n
+			writeMeta(t, dir, m)
+		}, exitFailed, `no new path for disk source "/etc/shadow"`},
 		{"damaged disk", func(t *testing.T, dir string) {
 			f, err := os.OpenFile(filepath.Join(dir, running1+".vda.raw"), os.O_WRONLY, 0)
 			if err != nil {

@@ -155,6 +155,13 @@ func restoreDomain(ctx context.Context, conn *virt.Conn, dm *virt.DomainMetadata
 	if dx.Name != dm.Name || (dm.UUID != "" && !strings.EqualFold(dx.UUID, dm.UUID)) {
 		return fail(fmt.Errorf("%s describes domain %q (%s), the metadata says %q (%s)", dm.XML.File, dx.Name, dx.UUID, dm.Name, dm.UUID))
 	}
+	// A backup never holds network or pool disks (backup refuses them), so
+	// an XML with one was not written by backup.
+	for _, k := range dx.Disks {
+		if err := k.CheckSupported(); err != nil {
+			return fail(fmt.Errorf("%s: %w", dm.XML.File, err))
+		}
+	}
 
 	// Memory first: a .sav that does not belong to this domain fails the
 	// restore before disks are written.

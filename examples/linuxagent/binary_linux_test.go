@@ -51,6 +51,7 @@ func agentCmd(t *testing.T, bin, stateDir string, args ...string) (stdout string
 // embedded NBD server), then a restore whose files match.
 func TestBinaryBackupAndRestore(t *testing.T) {
 	testenv.Require(t, testenv.Root, testenv.LoopDevices, testenv.Mkfs("ext4"), testenv.Mountable("ext4"), testenv.Commands("e2fsck"))
+	testenv.Exclusive(t, "ftrace") // the backup traces the device
 	bin := buildAgent(t)
 	dev := testenv.NewFilesystem(t, "ext4", 128<<20)
 	testenv.FillFiles(t, dev.MountPoint, testenv.FillOptions{Seed: 4, Files: 30})

@@ -177,6 +177,7 @@ func (p *cuttingProxy) uri() string {
 // image is exact.
 func TestNetworkFaultsDuringFullBackup(t *testing.T) {
 	testenv.Require(t, testenv.Root, testenv.LoopDevices, testenv.Mkfs("ext4"), testenv.Commands("qemu-nbd"))
+	testenv.Exclusive(t, "ftrace") // the backup traces the device
 	const size = 1 << 30
 	dev := testenv.NewFilesystem(t, "ext4", size)
 	testenv.FillFiles(t, dev.MountPoint, testenv.FillOptions{Seed: 1, Files: 24, MaxSize: 16 << 20})

@@ -22,6 +22,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 )
 
@@ -116,6 +117,10 @@ func exitErr(stderr io.Writer, err error) int {
 		fmt.Fprintln(stderr, "linuxagent: interrupted")
 		return 1
 	}
-	fmt.Fprintf(stderr, "linuxagent: %v\n", err)
+	msg := err.Error()
+	if !strings.HasPrefix(msg, "linuxagent:") {
+		msg = "linuxagent: " + msg
+	}
+	fmt.Fprintln(stderr, msg)
 	return 1
 }

@@ -6,13 +6,26 @@ package fsparse
 // Everything in the data section that the bnobt does not list as free is
 // in use: AG headers, the internal log, inode chunks, every B+tree block
 // and the blocks on the AG free list (AGFL). The AGFL blocks are reserved
-// for B+tree splits and hold no file data, but XFS counts them apart from
-// the bnobt, and a tool that takes them as free (as partclone does) copies
-// an AGFL whose blocks hold nothing meaningful; we keep them.
+// for B+tree splits and hold no file data, but they are allocated, not
+// free: partclone skips them, so its copy holds stale blocks on the free
+// list; we copy them.
 //
-// References: xfsprogs libxfs/xfs_format.h and the "XFS Algorithms & Data
-// Structures" document (chapters "Superblocks", "AG Free Space
-// Management", "Short Format B+trees"). All integers are big-endian.
+// Accounting: UsedBytes = (dblocks - sum of agf_freeblks) * blocksize. On
+// a cleanly unmounted filesystem that is dblocks - sb_fdblocks + the AGFL
+// blocks + agf_btreeblks, because sb_fdblocks (what df and partclone's
+// "Space in use" use) counts the free lists and the free-space B+tree
+// blocks beyond their roots as free space. The superblock counters are
+// lazy and stale while mounted; the AGFs are not.
+//
+// The map covers the data section only: an external log or a realtime
+// section, on other devices, is named in Info.Notes. The internal log must
+// end with an unmount record or be covered (see xfs_log.go); otherwise the
+// free-space trees on disk may lag it and InUse returns ErrNeedsRecovery.
+//
+// References: xfsprogs libxfs/xfs_format.h and libxfs/xfs_log_format.h,
+// and the "XFS Algorithms & Data Structures" document (chapters
+// "Superblocks", "AG Free Space Management", "Short Format B+trees",
+// "Journaling Log"). All on-disk integers are big-endian.
 
 import (
 	"bytes"

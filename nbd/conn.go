@@ -303,7 +303,7 @@ func (c *conn) readReply() error {
 			return nil
 		}
 		if r.cmd == cmdRead {
-			if err := c.readData(r, r.dst, 0, int(r.length)); err != nil {
+			if err := c.readData(r, 0, int(r.length)); err != nil {
 				return err
 			}
 		}
@@ -327,7 +327,7 @@ func (c *conn) readReply() error {
 
 // readData reads n bytes of read data into dst[at:] unless the request was
 // abandoned, in which case it discards them.
-func (c *conn) readData(r *request, _ []byte, at, n int) error {
+func (c *conn) readData(r *request, at, n int) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.abandoned || r.dst == nil {
@@ -364,7 +364,7 @@ func (c *conn) readChunk(flags, typ uint16, cookie uint64, length uint32) error 
 		if err := r.within(off, n); err != nil {
 			return err
 		}
-		if err := c.readData(r, nil, int(int64(off)-r.off), int(n)); err != nil {
+		if err := c.readData(r, int(int64(off)-r.off), int(n)); err != nil {
 			return err
 		}
 		r.covered += int64(n)

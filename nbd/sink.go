@@ -260,6 +260,26 @@ func (s *Sink) WriteAt(ctx context.Context, p []byte, off int64) error {
 	return nil
 }
 
+// WriteZeroes records that [off, off+length) is all zeroes (unused blocks a
+// filesystem parser found, holes of the source) and handles it like zero
+// blocks given to WriteAt, by the sink's ZeroMode, without reading or
+// sending data.
+func (s *Sink) WriteZeroes(ctx context.Context, off, length int64) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.err != nil {
+		return s.err
+	}
+	if off < 0 || length < 0 || off > s.size || length > s.size-off {
+		return fmt.Errorf("nbd: sink: zeroes at %d+%d are outside the export of %d bytes", off, length, s.size)
+	}
+	if mb := int64(s.client.info.minBlock); off%mb != 0 || length%mb != 0 {
+		return fmt.Errorf("nbd: sink: zeroes at %d+%d are not aligned to the export's %d-byte blocks", off, length, mb)
+	}
+	s.durable.remove(off, length)
+	return s.zeroes(ctx, off, length)
+}
+
 var zeroPage [64 << 10]byte
 
 func isZero(b []byte) bool {
@@ -307,7 +327,14 @@ func (s *Sink) zeroes(ctx context.Context, off, n int64) error {
 	}
 	f := s.client.Flags()
 	if (cmd == cmdTrim && f&FlagSendTrim == 0) || (cmd == cmdWriteZeroes && f&FlagSendWriteZeroes == 0) {
-		return s.data(ctx, make([]byte, n), off) // a rare fallback: allocation is fine
+		// The export cannot zero: send zeroes as data, a request at a time.
+		z := make([]byte, min(n, s.client.reqLen))
+		for pos := int64(0); pos < n; pos += int64(len(z)) {
+			if err := s.data(ctx, z[:min(int64(len(z)), n-pos)], off+pos); err != nil {
+				return err
+			}
+		}
+		return nil
 	}
 	limit := s.client.splitLen()
 	for pos := int64(0); pos < n; pos += limit {

@@ -241,3 +241,45 @@ func TestSinkCancelledWrite(t *testing.T) {
 		s.Close()
 	}
 }
+
+// TestSinkWriteZeroes: ranges the caller knows are zero follow the zero
+// mode without data, and count as durable after Flush.
+func TestSinkWriteZeroes(t *testing.T) {
+	for _, mode := range []ZeroMode{ZeroWrite, ZeroSkip} {
+		ts := startOurServer(t, 4<<20, false, nil)
+		ctx := testCtx(t)
+		src := randBytes(41, 4<<20)
+		s, err := NewSink(ctx, ts.URI, SinkOptions{Zero: mode})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if mode == ZeroWrite {
+			// Data first, so that the zeroes have something to replace.
+			if err := s.WriteAt(ctx, src, 0); err != nil {
+				t.Fatal(err)
+			}
+		} else {
+			if err := s.WriteAt(ctx, src[:1<<20], 0); err != nil {
+				t.Fatal(err)
+			}
+			if err := s.WriteAt(ctx, src[2<<20:], 2<<20); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := s.WriteZeroes(ctx, 1<<20, 1<<20); err != nil {
+			t.Fatal(err)
+		}
+		clear(src[1<<20 : 2<<20])
+		if err := s.Flush(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if d := s.Durable(); len(d) != 1 || d[0] != (Extent{0, 4 << 20}) {
+			t.Fatalf("mode %d: durable %v", mode, d)
+		}
+		checkImage(t, ts.Image, src)
+		if err := s.WriteZeroes(ctx, 4<<20-4096, 8192); err == nil {
+			t.Fatal("zeroes past the end accepted")
+		}
+		s.Close()
+	}
+}

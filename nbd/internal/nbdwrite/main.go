@@ -10,6 +10,8 @@ import (
 	"io"
 	"os"
 	"runtime/pprof"
+
+	"golang.org/x/sys/unix"
 	"time"
 
 	"github.com/blockimage/blockimage/nbd"
@@ -80,22 +82,65 @@ func run(image, uri string, o nbd.SinkOptions, chunk int, flush, source, verbose
 		return err
 	}
 	defer s.Close()
-	buf := make([]byte, chunk)
+	// Read ahead in another goroutine, so that reading the image overlaps
+	// sending it, as a backup agent reading a device would.
+	type piece struct {
+		buf  []byte
+		off  int64
+		zero int64 // a hole of this length at off, instead of buf
+		err  error
+	}
+	const depth = 4
+	free := make(chan []byte, depth)
+	for range depth {
+		free <- make([]byte, chunk)
+	}
+	full := make(chan piece, depth)
+	go func() {
+		defer close(full)
+		for off := int64(0); off < s.Size(); {
+			// Holes of a sparse image are sent as zeroes without reading
+			// them, as nbdcopy does with the source's extents.
+			if data := dataFrom(f, off, s.Size()); data > off {
+				full <- piece{off: off, zero: data - off}
+				off = data
+				continue
+			}
+			buf := <-free
+			end := min(off+int64(chunk), s.Size(), holeFrom(f, off, s.Size()))
+			n, err := f.ReadAt(buf[:end-off], off)
+			if err == io.EOF && n > 0 {
+				err = nil
+			}
+			if n > 0 {
+				full <- piece{buf: buf[:n], off: off}
+				off += int64(n)
+			}
+			if err != nil || n == 0 {
+				if err != nil && !errors.Is(err, io.EOF) {
+					full <- piece{err: err}
+				}
+				return
+			}
+		}
+	}()
 	var off int64
-	for off < s.Size() {
-		n, err := io.ReadFull(f, buf[:min(int64(chunk), s.Size()-off)])
-		if n > 0 {
-			if err := s.WriteAt(ctx, buf[:n], off); err != nil {
+	for p := range full {
+		if p.err != nil {
+			return p.err
+		}
+		if p.zero > 0 {
+			if err := s.WriteZeroes(ctx, p.off, p.zero); err != nil {
 				return err
 			}
-			off += int64(n)
+			off = p.off + p.zero
+			continue
 		}
-		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-			break
-		}
-		if err != nil {
+		if err := s.WriteAt(ctx, p.buf, p.off); err != nil {
 			return err
 		}
+		off = p.off + int64(len(p.buf))
+		free <- p.buf[:cap(p.buf)]
 	}
 	if flush {
 		if err := s.Flush(ctx); err != nil {
@@ -106,4 +151,26 @@ func run(image, uri string, o nbd.SinkOptions, chunk int, flush, source, verbose
 		fmt.Fprintf(os.Stderr, "nbdwrite: %d bytes in %v, %d reconnects\n", off, time.Since(start), s.Reconnects())
 	}
 	return s.Close()
+}
+
+// dataFrom returns the start of the next data at or after off (size if
+// none, off if unknown).
+func dataFrom(f *os.File, off, size int64) int64 {
+	d, err := unix.Seek(int(f.Fd()), off, unix.SEEK_DATA)
+	if errors.Is(err, unix.ENXIO) {
+		return size
+	}
+	if err != nil {
+		return off
+	}
+	return min(d, size)
+}
+
+// holeFrom returns the start of the next hole after off (size if unknown).
+func holeFrom(f *os.File, off, size int64) int64 {
+	h, err := unix.Seek(int(f.Fd()), off, unix.SEEK_HOLE)
+	if err != nil || h <= off {
+		return size
+	}
+	return min(h, size)
 }

@@ -109,7 +109,7 @@ func TestSetAgainstModel(t *testing.T) {
 				}
 				return Extent{off, l}
 			}
-			for step := 0; step < 600; step++ {
+			for step := 0; step < 400; step++ {
 				switch r := rng.IntN(100); {
 				case r < 60:
 					e := randExtent()
@@ -129,7 +129,7 @@ func TestSetAgainstModel(t *testing.T) {
 					s.Acknowledge(es, upTo)
 					m.ack(es, upTo)
 				}
-				if step%50 == 0 || step == 599 {
+				if step%50 == 0 || step == 399 {
 					for _, upTo := range []uint64{0, m.open / 2, m.open - 1, m.open} {
 						got := extentBlocks(t, s.Pending(upTo), int64(tc.bs), tc.size)
 						want := m.blocks(upTo)

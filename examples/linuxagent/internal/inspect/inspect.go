@@ -13,8 +13,8 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"os"
 
+	"github.com/blockimage/blockimage/blockdev"
 	"github.com/blockimage/blockimage/fsparse"
 )
 
@@ -84,32 +84,39 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	path := positional[0]
 
-	f, err := os.Open(path)
+	dev, err := openDevice(path)
 	if err != nil {
 		fmt.Fprintf(stderr, "inspect: %v\n", err)
 		return exitError
 	}
-	defer f.Close()
-	size, err := deviceSize(f)
-	if err != nil {
-		fmt.Fprintf(stderr, "inspect: %s: %v\n", path, err)
-		return exitError
-	}
+	defer dev.Close()
+	size := dev.Size()
 
-	info, es, err := fsparse.InUse(ctx, f, size)
+	info, es, err := fsparse.InUse(ctx, dev, size)
 	switch {
 	case errors.Is(err, fsparse.ErrUnknownFilesystem):
 		fmt.Fprintf(stderr, "inspect: %s: no supported filesystem found (ext2, ext3, ext4, XFS, ReiserFS); a backup would have to copy all %d bytes\n", path, size)
 		return exitError
 	case errors.Is(err, fsparse.ErrNeedsRecovery) && !*extents && info.Filesystem != "":
-		// The summary can still come from the superblock's counters.
-		info.Notes = append(info.Notes, "used and free bytes are the superblock's counters, not the allocation maps': "+err.Error())
+		// The summary can still come from the counters on disk, which
+		// Detect reads (InUse may not have filled them in).
+		d, derr := fsparse.Detect(dev, size)
+		if derr != nil {
+			fmt.Fprintf(stderr, "inspect: %s: %v\n", path, err)
+			return exitError
+		}
+		info.UsedBytes, info.FreeBytes = d.UsedBytes, d.FreeBytes
+		info.Notes = append(info.Notes, "used and free bytes are the superblock's counters (the AGFs' on XFS), not the allocation maps': "+err.Error())
 	case err != nil:
 		fmt.Fprintf(stderr, "inspect: %s: %v\n", path, err)
 		if errors.Is(err, fsparse.ErrNeedsRecovery) {
 			fmt.Fprintln(stderr, "inspect: freeze the filesystem (fsfreeze --freeze MOUNTPOINT) or unmount it, then inspect again")
 		}
 		return exitError
+	}
+
+	if ms, err := blockdev.MountsOf(path); err == nil && len(ms) > 0 {
+		info.Notes = append(info.Notes, fmt.Sprintf("mounted at %s (%s): unless it is frozen, the filesystem changes while it is read, and data still in the page cache is not on the device yet", ms[0].MountPoint, ms[0].FSType))
 	}
 
 	if *asJSON {

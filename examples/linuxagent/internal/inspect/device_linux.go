@@ -1,0 +1,6 @@
+package inspect
+
+import "syscall"
+
+// oDirect bypasses the block device's page cache.
+const oDirect = syscall.O_DIRECT

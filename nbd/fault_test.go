@@ -215,7 +215,10 @@ func TestSinkServerRestart(t *testing.T) {
 				t.Fatal(err)
 			}
 			dc.checkDurable(s)
-			if s.Reconnects() < 1 {
+			// nbd-server 3.24's per-connection child sometimes survives
+			// Stop and keeps serving the old connection: then there is
+			// nothing to reconnect. qemu-nbd always dies.
+			if kind == testenv.QemuNBD && s.Reconnects() < 1 {
 				t.Errorf("%d reconnects after two restarts", s.Reconnects())
 			}
 			checkImage(t, srv.Image, src)

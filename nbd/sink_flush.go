@@ -168,7 +168,7 @@ func (s *Sink) recover(ctx context.Context, cause error) error {
 			}
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("nbd: sink: could not reconnect to %s within %v: %w", s.target, s.opts.ReconnectTimeout, cause)
+			return fmt.Errorf("nbd: sink: could not reconnect to %s within %v: %w (last error: %w)", s.target, s.opts.ReconnectTimeout, ErrDisconnected, cause)
 		}
 		if err := sleepCtx(ctx, s.backoff(attempt)); err != nil {
 			return err

@@ -65,11 +65,16 @@ func silentServer(t *testing.T) string {
 func TestTimeoutAndCancel(t *testing.T) {
 	uri := silentServer(t)
 	ctx := testCtx(t)
-	c, err := Dial(ctx, uri, Options{Timeout: 300 * time.Millisecond})
+	// A generous timeout for the handshake on a loaded machine, then a
+	// short one for the requests.
+	c, err := Dial(ctx, uri, Options{Timeout: time.Minute})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
+	for _, cn := range c.conns {
+		cn.timeout = 300 * time.Millisecond
+	}
 	// A cancelled context returns promptly and leaves the connection up.
 	cctx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
@@ -88,12 +93,13 @@ func TestTimeoutAndCancel(t *testing.T) {
 		t.Fatalf("read on a failed connection: %v", err)
 	}
 	// A sink over such a server gives up after its reconnect timeout.
-	s, err := NewSink(ctx, uri, SinkOptions{Options: Options{Timeout: 200 * time.Millisecond},
+	s, err := NewSink(ctx, uri, SinkOptions{Options: Options{Timeout: time.Minute},
 		ReconnectTimeout: 500 * time.Millisecond, BackoffMin: 10 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer s.Close()
+	s.shortenTimeout(200 * time.Millisecond)
 	if err := s.WriteAt(ctx, randBytes(1, 4096), 0); err != nil {
 		t.Fatal(err) // queued
 	}
@@ -131,12 +137,13 @@ func TestDialCancel(t *testing.T) {
 func TestSinkWindowTimeout(t *testing.T) {
 	uri := silentServer(t)
 	ctx := testCtx(t)
-	s, err := NewSink(ctx, uri, SinkOptions{Options: Options{Timeout: 200 * time.Millisecond, MaxInFlight: 2},
+	s, err := NewSink(ctx, uri, SinkOptions{Options: Options{Timeout: time.Minute, MaxInFlight: 2},
 		ReconnectTimeout: 300 * time.Millisecond, BackoffMin: 10 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer s.Close()
+	s.shortenTimeout(200 * time.Millisecond)
 	var werr error
 	for i := 0; i < 8 && werr == nil; i++ {
 		werr = s.WriteAt(ctx, randBytes(uint64(i), 4096), int64(i)*4096)
@@ -144,4 +151,14 @@ func TestSinkWindowTimeout(t *testing.T) {
 	if !errors.Is(werr, ErrDisconnected) {
 		t.Fatalf("writes to a silent server: %v", werr)
 	}
+}
+
+// shortenTimeout sets the request timeout of the sink's connections and of
+// those it reconnects (whose dials may then time out: the sink keeps
+// trying until ReconnectTimeout and reports ErrDisconnected).
+func (s *Sink) shortenTimeout(d time.Duration) {
+	for _, cn := range s.client.conns {
+		cn.timeout = d
+	}
+	s.opts.Timeout = d
 }

@@ -29,8 +29,16 @@ needs the token in STATE_DIR/token (created, mode 600, on first start).
 
 On a clean stop (SIGINT, SIGTERM) each device's change set is saved with
 its write counter; the next start continues from it when nothing wrote the
-device in between. After an unclean stop (the running marker is still in
-STATE_DIR), every tracked device's next incremental falls back to a diff.
+device in between (a filesystem writes back metadata on its own, so freeze
+it around the restart to be sure: fsfreeze -f MOUNTPOINT). After an unclean
+stop (the running marker is still in STATE_DIR) the dead daemon's tracing
+settings are reset and every tracked device's next incremental falls back
+to a diff.
+
+Each device keeps one chain: incrementals continue from the last backup,
+to its target; a backup to another target is a diff. Package tracer traces
+one device per process, with ftrace's blk tracer, which one program on the
+machine can use at a time: track one device per daemon.
 `
 
 func cmdDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) int {

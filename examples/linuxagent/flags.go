@@ -127,7 +127,8 @@ func parseRate(s string) (int64, error) {
 		}
 	}
 	v, err := strconv.ParseFloat(t, 64)
-	if err != nil || v < 0 || v*mult > 1<<62 {
+	// Written so that NaN fails too: every comparison with it is false.
+	if err != nil || !(v >= 0 && v*mult <= 1<<62) {
 		return 0, fmt.Errorf("bad rate %q: want bytes per second, such as 50M or 1G", s)
 	}
 	return int64(v * mult), nil

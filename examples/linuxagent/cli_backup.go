@@ -29,8 +29,10 @@ Back up DEVICE (a block device, or an image file) to TARGET.
 Full and diff run in this process unless a daemon tracks DEVICE, which
 then runs them, so that its change set stays continuous. A mounted
 filesystem is frozen for the last pass only (and briefly to read its
-allocation maps); without tracing (not root, no tracefs) a mounted device
-is mapped and copied inside a single freeze, which lasts the whole copy.
+allocation maps); without tracing (not root, no tracefs, or ftrace in use
+by another program, such as a daemon tracing another device) a mounted
+device is mapped and copied inside a single freeze, which lasts the whole
+copy (at most 10 minutes).
 
 TARGET is nbd://HOST[:PORT]/EXPORT, nbd+unix:///EXPORT?socket=PATH, or a
 local image file, created sparse and served through the embedded NBD

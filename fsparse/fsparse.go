@@ -33,7 +33,8 @@ func (e Extent) End() int64 { return e.Offset + e.Length }
 
 // Info describes a filesystem.
 type Info struct {
-	// Filesystem is the type: "ext2", "ext3", "ext4", "xfs", "reiserfs".
+	// Filesystem is the type: "ext2", "ext3", "ext4", "xfs", "reiserfs";
+	// Detect also names "btrfs", "vfat" and "swap".
 	Filesystem string
 	// BlockSize is the allocation unit in bytes (the cluster size on a
 	// bigalloc ext4).
@@ -85,6 +86,9 @@ type filesystem struct {
 	detect func(r io.ReaderAt, size int64) (Info, error)
 	// inUse maps the in-use extents, sorted and merged.
 	inUse func(ctx context.Context, r io.ReaderAt, size int64) (Info, []Extent, error)
+	// detectOnly types (named, not mapped) are probed after the others,
+	// so that a stale foreign signature never hides a mappable one.
+	detectOnly bool
 }
 
 var filesystems []filesystem
@@ -93,16 +97,19 @@ var filesystems []filesystem
 func register(fs filesystem) { filesystems = append(filesystems, fs) }
 
 func find(r io.ReaderAt, size int64) (filesystem, error) {
-	for _, fs := range filesystems {
-		if fs.probe(r, size) {
-			return fs, nil
+	for _, pass := range []bool{false, true} {
+		for _, fs := range filesystems {
+			if fs.detectOnly == pass && fs.probe(r, size) {
+				return fs, nil
+			}
 		}
 	}
 	return filesystem{}, ErrUnknownFilesystem
 }
 
 // Detect identifies the filesystem on r, a device of size bytes, from its
-// superblock alone.
+// superblock alone. Besides the types InUse maps, it names btrfs, FAT
+// ("vfat") and Linux swap, for which InUse returns ErrUnsupported.
 func Detect(r io.ReaderAt, size int64) (Info, error) {
 	fs, err := find(r, size)
 	if err != nil {

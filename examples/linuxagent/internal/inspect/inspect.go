@@ -29,7 +29,8 @@ const usage = `usage: inspect DEVICE_OR_IMAGE [--extents] [--json]
 
 Names the filesystem on DEVICE_OR_IMAGE (ext2/3/4, XFS, ReiserFS) and prints
 its block size and total, used and free bytes, read from its allocation
-metadata. The device is opened read-only.
+metadata. The device is opened read-only. btrfs, FAT and swap are named but
+not mapped (exit status 1, as for an unknown or damaged filesystem).
 
   --extents  also list the in-use extents, as byte offset and length
   --json     print one JSON object: filesystem, block_size, total_bytes,
@@ -107,6 +108,9 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 		info.UsedBytes, info.FreeBytes = d.UsedBytes, d.FreeBytes
 		info.Notes = append(info.Notes, "used and free bytes are the superblock's counters (the AGFs' on XFS), not the allocation maps': "+err.Error())
+	case errors.Is(err, fsparse.ErrUnsupported) && info.Filesystem != "":
+		fmt.Fprintf(stderr, "inspect: %s: %s (%d bytes, label %q): its in-use blocks cannot be mapped; a backup would have to copy all %d bytes\n", path, info.Filesystem, info.TotalBytes, info.Label, size)
+		return exitError
 	case err != nil:
 		fmt.Fprintf(stderr, "inspect: %s: %v\n", path, err)
 		if errors.Is(err, fsparse.ErrNeedsRecovery) {

@@ -251,3 +251,17 @@ func TestMountedXFSBypassesPageCache(t *testing.T) {
 		t.Errorf("used %d bytes before writing %d bytes and %d after: stale metadata", before, len(data), after)
 	}
 }
+
+// TestDetectedNotMapped: a filesystem fsparse names but cannot map is
+// named in the error, with exit status 1.
+func TestDetectedNotMapped(t *testing.T) {
+	testenv.Require(t, testenv.Commands("mkfs.vfat"))
+	img := testenv.NewImage(t, 16<<20)
+	if out, err := exec.Command("mkfs.vfat", "-n", "STICK", img).CombinedOutput(); err != nil {
+		t.Fatalf("mkfs.vfat: %v: %s", err, out)
+	}
+	code, out, errs := run(t, img, "--json")
+	if code != 1 || out != "" || !strings.Contains(errs, "vfat") || !strings.Contains(errs, "copy all 16777216 bytes") {
+		t.Errorf("FAT image: exit %d, stdout %q, stderr %q", code, out, errs)
+	}
+}

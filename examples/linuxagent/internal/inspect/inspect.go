@@ -97,6 +97,9 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	switch {
 	case errors.Is(err, fsparse.ErrUnknownFilesystem):
 		fmt.Fprintf(stderr, "inspect: %s: no supported filesystem found (ext2, ext3, ext4, XFS, ReiserFS); a backup would have to copy all %d bytes\n", path, size)
+		if pt := partitionTable(dev); pt != "" {
+			fmt.Fprintf(stderr, "inspect: %s holds %s partition table: inspect its partitions instead (for an image, losetup --partscan)\n", path, pt)
+		}
 		return exitError
 	case errors.Is(err, fsparse.ErrNeedsRecovery) && !*extents && info.Filesystem != "":
 		// The summary can still come from the counters on disk, which
@@ -205,4 +208,29 @@ func human(n int64) string {
 		exp++
 	}
 	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+// partitionTable returns "a GPT" or "an MBR" when the device starts with
+// one, else "": then the filesystems are in its partitions.
+func partitionTable(r io.ReaderAt) string {
+	b := make([]byte, 1024)
+	if n, _ := r.ReadAt(b, 0); n < 512 || b[510] != 0x55 || b[511] != 0xAA {
+		return ""
+	}
+	if string(b[512:520]) == "EFI PART" {
+		return "a GPT"
+	}
+	// An MBR: some entry has a type, and every status byte is 0 or 0x80.
+	typed := false
+	for i := 0; i < 4; i++ {
+		e := b[446+16*i:]
+		if e[0] != 0 && e[0] != 0x80 {
+			return ""
+		}
+		typed = typed || e[4] != 0
+	}
+	if typed {
+		return "an MBR"
+	}
+	return ""
 }

@@ -265,3 +265,24 @@ func TestDetectedNotMapped(t *testing.T) {
 		t.Errorf("FAT image: exit %d, stdout %q, stderr %q", code, out, errs)
 	}
 }
+
+// TestPartitionTable: a whole disk with an MBR is not a filesystem, and
+// the message says to look at its partitions.
+func TestPartitionTable(t *testing.T) {
+	img := testenv.NewImage(t, 4<<20)
+	f, err := os.OpenFile(img, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mbr := make([]byte, 512)
+	copy(mbr[446:], []byte{0, 0, 0, 0, 0x83, 0, 0, 0, 0, 8, 0, 0, 0, 0x18, 0, 0}) // Linux, LBA 2048, 6144 sectors
+	mbr[510], mbr[511] = 0x55, 0xAA
+	if _, err := f.WriteAt(mbr, 0); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	code, _, errs := run(t, img)
+	if code != 1 || !strings.Contains(errs, "no supported filesystem") || !strings.Contains(errs, "an MBR partition table") {
+		t.Errorf("disk with an MBR: exit %d, stderr %q", code, errs)
+	}
+}

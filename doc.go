@@ -20,11 +20,15 @@
 //     Device client that writes images to any NBD server and survives poor
 //     networks, and an embedded server backed by a sparse file.
 //   - [github.com/blockimage/blockimage/mtcp] is the Multi-Threaded
-//     Compression Protocol: child processes compress chunks with LZMA,
-//     and the output, in order, is a .xz file stock xz reads.
+//     Compression Protocol: child processes (the binary re-executed, see
+//     mtcp.Main) compress fixed-size chunks with LZMA2, and the control
+//     process writes them in order as one .xz Stream of independent
+//     Blocks, with Index and Footer, that stock xz reads; its Reader
+//     decompresses any .xz, in parallel when it can seek. The liblzma
+//     codec (mtcp/liblzma) needs cgo.
 //   - [github.com/blockimage/blockimage/virt] drives libvirt: domains,
 //     their XML and disks, save and restore of running guests, and backup
-//     metadata. It is the only package that needs cgo.
+//     metadata. It needs cgo (libvirt).
 //
 // A backup of a live Linux machine, as examples/linuxagent does it: start
 // the tracer on the device, map the in-use extents with fsparse, copy them
@@ -37,6 +41,7 @@
 //
 // The packages are layered: blockdev, tracer, fsparse, nbd and mtcp import
 // none of each other, so each can be used alone; the sequencer takes the
-// tracer's flush as a function. Everything but virt builds with
-// CGO_ENABLED=0, and Linux-only code lives in _linux.go files.
+// tracer's flush as a function. Everything builds with CGO_ENABLED=0;
+// without cgo, virt and mtcp/liblzma report themselves unavailable at run
+// time. Linux-only code lives in _linux.go files.
 package blockimage

@@ -94,6 +94,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	size := dev.Size()
 
 	info, es, err := fsparse.InUse(ctx, dev, size)
+	mounts, _ := blockdev.MountsOf(path) // only for notes and advice
 	switch {
 	case errors.Is(err, fsparse.ErrUnknownFilesystem):
 		fmt.Fprintf(stderr, "inspect: %s: no supported filesystem found (ext2, ext3, ext4, XFS, ReiserFS); a backup would have to copy all %d bytes\n", path, size)
@@ -116,14 +117,17 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return exitError
 	case err != nil:
 		fmt.Fprintf(stderr, "inspect: %s: %v\n", path, err)
-		if errors.Is(err, fsparse.ErrNeedsRecovery) {
+		switch {
+		case len(mounts) > 0 && errors.Is(err, fsparse.ErrCorrupt):
+			fmt.Fprintf(stderr, "inspect: it is mounted at %s and may have changed while it was read: freeze it (fsfreeze --freeze %s), inspect again, then unfreeze it\n", mounts[0].MountPoint, mounts[0].MountPoint)
+		case errors.Is(err, fsparse.ErrNeedsRecovery):
 			fmt.Fprintln(stderr, "inspect: freeze the filesystem (fsfreeze --freeze MOUNTPOINT) or unmount it, then inspect again")
 		}
 		return exitError
 	}
 
-	if ms, err := blockdev.MountsOf(path); err == nil && len(ms) > 0 {
-		info.Notes = append(info.Notes, fmt.Sprintf("mounted at %s (%s): unless it is frozen, the filesystem changes while it is read, and data still in the page cache is not on the device yet", ms[0].MountPoint, ms[0].FSType))
+	if len(mounts) > 0 {
+		info.Notes = append(info.Notes, fmt.Sprintf("mounted at %s (%s): unless it is frozen, the filesystem changes while it is read, and data still in the page cache is not on the device yet", mounts[0].MountPoint, mounts[0].FSType))
 	}
 
 	if *asJSON {

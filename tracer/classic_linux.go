@@ -135,7 +135,7 @@ func startClassic(ctx context.Context, d *blockDevice, set *Set, o Options) (_ *
 		return nil, fmt.Errorf("tracer: BLKTRACESTART %s: %w", d.path, err)
 	}
 	for _, r := range c.readers {
-		go r.run(o.PollInterval, c.checkDropped)
+		go r.run(o.PollInterval, func(bool) { c.checkDropped() })
 	}
 	return c, nil
 }

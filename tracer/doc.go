@@ -31,5 +31,7 @@
 //
 // Only one program can use the ftrace blk tracer at a time: Start refuses
 // with [ErrBusy] when another tool has a tracer selected, events enabled or
-// tracing paused, and [Tracer.Stop] restores what Start changed.
+// tracing paused, and [Tracer.Stop] restores what Start changed. Within a
+// program, any number of Tracers (several disks, or partitions of one disk)
+// share the ftrace session; the last Stop restores the settings.
 package tracer

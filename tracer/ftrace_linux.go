@@ -3,7 +3,6 @@ package tracer
 import (
 	"bufio"
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -11,10 +10,15 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
 )
+
+func (f *ftraceSession) path(name ...string) string {
+	return filepath.Join(append([]string{f.dir}, name...)...)
+}
 
 // findTracefs returns the tracefs directory, mounting tracefs when it is
 // not mounted anywhere we look.
@@ -34,46 +38,84 @@ func findTracefs() (string, error) {
 	return dir, nil
 }
 
-// ftraceSource reads the blk tracer's per-CPU ring buffers.
-type ftraceSource struct {
-	dir       string // tracefs
-	dev       *blockDevice
-	set       *Set
-	readers   []*cpuReader
-	pageSize  int
-	nonBlk    map[uint16]bool // ids of ftrace's own event types (print, bprint...)
-	markers   *markers        // the flush barrier's trace_marker writes; nil: drain only
-	blkType   int             // learnt from the first blk event, -1 before
-	blkTypeMu sync.Mutex
+// The ftrace blk tracer is global to the machine: one current_tracer, one
+// ring buffer per CPU. A process therefore runs one ftraceSession, shared
+// by every Tracer on the ftrace source: the first Start selects the
+// tracer, resets the ring and starts one reader per CPU; each Start
+// enables its disk (/sys/block/DISK/trace/enable) and registers a
+// subscriber; the readers apply each event to the subscribers of its
+// disk; the last Stop restores the settings.
+var (
+	sessionMu sync.Mutex // serialises Start and Stop of ftrace Tracers
+	session   *ftraceSession
+)
 
-	// restore; act_mask needs none: the kernel forgets it with the
-	// per-disk trace when enable goes back to 0.
-	oldBufferKB string
+type ftraceSession struct {
+	dir      string // tracefs
+	pageSize int
+	nonBlk   map[uint16]bool // ids of ftrace's own event types (print, bprint...)
+	markers  *markers        // the flush barrier's trace_marker writes; nil: drain only
+	readers  []*cpuReader
+	blkType  atomic.Int32 // the blk event's type id, learnt from the first one; -1 before
+	interval time.Duration
 
-	statsMu   sync.Mutex
-	baseline  map[int]lossCounters
+	subsMu sync.RWMutex
+	subs   map[uint32][]*ftraceSub // by whole-disk dev_t
+	disks  map[string]int          // disk name -> subscribers; guarded by sessionMu
+	refs   int                     // subscribers; guarded by sessionMu
+
+	// What we changed, to restore, and what must stay as we set it.
+	oldBufferKB string // "" when untouched
+	oldPause    string // options/pause-on-trace before we cleared it, "" when untouched
+	bufferKB    string
+	cpumask     string
+
+	checkMu   sync.Mutex
 	lastCheck time.Time
-	interval  time.Duration
-	stopOnce  sync.Once
 }
 
-type lossCounters struct{ overrun, commitOverrun, dropped uint64 }
-
-func (f *ftraceSource) path(name ...string) string {
-	return filepath.Join(append([]string{f.dir}, name...)...)
+// An ftraceSub is one Tracer's share of the session: its disk, its
+// partition and its Set.
+type ftraceSub struct {
+	s        *ftraceSession
+	dev      *blockDevice
+	set      *Set
+	stopOnce sync.Once
 }
 
-func startFtrace(ctx context.Context, d *blockDevice, set *Set, o Options) (_ *ftraceSource, err error) {
-	dir, err := findTracefs()
-	if err != nil {
-		return nil, err
-	}
-	f := &ftraceSource{dir: dir, dev: d, set: set, blkType: -1, interval: o.PollInterval}
+func startFtrace(ctx context.Context, d *blockDevice, set *Set, o Options) (*ftraceSub, error) {
+	sessionMu.Lock()
+	defer sessionMu.Unlock()
 	traceDir := filepath.Join(d.diskSys, "trace")
 	if _, err := os.Stat(filepath.Join(traceDir, "enable")); err != nil {
 		return nil, fmt.Errorf("tracer: %s has no blktrace sysfs controls: %w", d.disk, ErrUnavailable)
 	}
-	if err := f.checkUnused(traceDir); err != nil {
+	s := session
+	if s == nil {
+		var err error
+		if s, err = newFtraceSession(o); err != nil {
+			return nil, err
+		}
+	}
+	u := &ftraceSub{s: s, dev: d, set: set}
+	if err := s.add(u); err != nil {
+		if s.refs == 0 {
+			s.close()
+		}
+		return nil, err
+	}
+	session = s
+	return u, nil
+}
+
+func newFtraceSession(o Options) (_ *ftraceSession, err error) {
+	dir, err := findTracefs()
+	if err != nil {
+		return nil, err
+	}
+	f := &ftraceSession{dir: dir, interval: o.PollInterval, subs: make(map[uint32][]*ftraceSub), disks: make(map[string]int)}
+	f.blkType.Store(-1)
+	if err := f.checkUnused(); err != nil {
 		return nil, err
 	}
 	if f.pageSize, err = f.subbufSize(); err != nil {
@@ -87,10 +129,17 @@ func startFtrace(ctx context.Context, d *blockDevice, set *Set, o Options) (_ *f
 	if m, err := openMarkers(dir); err == nil {
 		f.markers = m
 	}
+	cpus, err := filepath.Glob(f.path("per_cpu", "cpu*"))
+	if err != nil || len(cpus) == 0 {
+		return nil, fmt.Errorf("tracer: no per-CPU buffers under %s: %w", f.dir, ErrUnavailable)
+	}
+	if f.cpumask, err = readSysString(f.path("tracing_cpumask")); err != nil {
+		return nil, fmt.Errorf("tracer: %w", err)
+	}
 	// From here on, every change is undone on failure.
 	defer func() {
 		if err != nil {
-			f.restore()
+			f.close()
 		}
 	}()
 	if o.BufferSizeKB > 0 {
@@ -101,59 +150,216 @@ func startFtrace(ctx context.Context, d *blockDevice, set *Set, o Options) (_ *f
 			return nil, fmt.Errorf("tracer: %w", err)
 		}
 	}
+	// Reading the "trace" file stops recording for the time of the read
+	// when pause-on-trace is set (the default), and the ring buffer drops
+	// events silently while recording is off: a "cat trace" by an
+	// administrator would lose writes without a trace in any counter.
+	if p, err := readSysString(f.path("options", "pause-on-trace")); err == nil && p != "0" {
+		if err := writeFile(f.path("options", "pause-on-trace"), "0"); err != nil {
+			return nil, fmt.Errorf("tracer: %w", err)
+		}
+		f.oldPause = p
+	}
 	if err := writeFile(f.path("current_tracer"), "blk"); err != nil {
 		return nil, fmt.Errorf("tracer: select the blk tracer: %w", err)
 	}
-	// Only requests that change data, or may: the kernel keeps an event
-	// when any of its categories is in the mask, and every write, discard,
-	// write-zeroes or passthrough write has the write category.
-	if err := writeFile(filepath.Join(traceDir, "act_mask"), "write"); err != nil {
-		return nil, fmt.Errorf("tracer: %w", err)
-	}
-	// Empty the ring so that its counters start from zero.
+	// Empty the ring so that its counters start from zero. Only here:
+	// later Tracers join a running session and must not wipe its events.
 	if err := writeFile(f.path("trace"), ""); err != nil {
 		return nil, fmt.Errorf("tracer: reset the ring buffer: %w", err)
 	}
-	cpus, err := filepath.Glob(f.path("per_cpu", "cpu*"))
-	if err != nil || len(cpus) == 0 {
-		return nil, fmt.Errorf("tracer: no per-CPU buffers under %s: %w", f.dir, ErrUnavailable)
+	if f.bufferKB, err = f.bufferSizeKB(); err != nil {
+		return nil, err
 	}
-	f.baseline = make(map[int]lossCounters)
+	mask, err := parseCPUMask(f.cpumask)
+	if err != nil {
+		return nil, fmt.Errorf("tracer: tracing_cpumask: %w", err)
+	}
+	var states []*cpuState
 	for _, c := range cpus {
 		cpu, err := strconv.Atoi(strings.TrimPrefix(filepath.Base(c), "cpu"))
 		if err != nil {
 			continue
 		}
-		lc, err := readLossCounters(filepath.Join(c, "stats"))
-		if err != nil {
+		// A CPU outside tracing_cpumask records nothing, silently.
+		if cpu >= len(mask)*64 || mask[cpu/64]&(1<<(cpu%64)) == 0 {
+			return nil, fmt.Errorf("tracer: tracing_cpumask %s excludes cpu%d: %w", f.cpumask, cpu, ErrBusy)
+		}
+		st := &cpuState{cpu: cpu, page: make([]byte, f.pageSize), stats: filepath.Join(c, "stats")}
+		if st.base, err = readLossCounters(st.stats); err != nil {
 			return nil, fmt.Errorf("tracer: %w", err)
 		}
-		f.baseline[cpu] = lc
-		fd, err := unix.Open(filepath.Join(c, "trace_pipe_raw"), unix.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+		st.fd, err = unix.Open(filepath.Join(c, "trace_pipe_raw"), unix.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
 		if err != nil {
 			return nil, fmt.Errorf("tracer: open %s: %w", filepath.Join(c, "trace_pipe_raw"), err)
 		}
-		page := make([]byte, f.pageSize)
-		r, err := newCPUReader(cpu, fd, func() error { return f.drain(cpu, fd, page) })
+		r, err := newCPUReader(cpu, st.fd, func() error { return f.drain(st) })
 		if err != nil {
-			unix.Close(fd)
+			unix.Close(st.fd)
 			return nil, err
 		}
 		f.readers = append(f.readers, r)
+		states = append(states, st)
 	}
-	if err := writeFile(filepath.Join(traceDir, "enable"), "1"); err != nil {
-		return nil, fmt.Errorf("tracer: enable tracing of %s: %w", d.disk, err)
-	}
-	for _, r := range f.readers {
-		go r.run(f.interval, f.checkLoss)
+	for i, r := range f.readers {
+		st := states[i]
+		go r.run(f.interval, func(force bool) { f.afterDrain(st, force) })
 	}
 	return f, nil
 }
 
+// add enables tracing of u's disk (unless another subscriber did) and
+// registers u. Called with sessionMu held.
+func (f *ftraceSession) add(u *ftraceSub) error {
+	traceDir := filepath.Join(u.dev.diskSys, "trace")
+	first := f.disks[u.dev.disk] == 0
+	if first {
+		if en, err := readSysString(filepath.Join(traceDir, "enable")); err != nil || en != "0" {
+			return fmt.Errorf("tracer: blktrace of %s is already enabled (%q, %v): %w", u.dev.disk, en, err, ErrBusy)
+		}
+		// Only requests that change data, or may: the kernel keeps an
+		// event when any of its categories is in the mask, and every
+		// write, discard, write-zeroes or passthrough write has the
+		// write category.
+		if err := writeFile(filepath.Join(traceDir, "act_mask"), "write"); err != nil {
+			return fmt.Errorf("tracer: %w", err)
+		}
+	}
+	f.subsMu.Lock()
+	f.subs[u.dev.diskDev] = append(f.subs[u.dev.diskDev], u)
+	f.subsMu.Unlock()
+	if first {
+		if err := writeFile(filepath.Join(traceDir, "enable"), "1"); err != nil {
+			f.remove(u)
+			return fmt.Errorf("tracer: enable tracing of %s: %w", u.dev.disk, err)
+		}
+	}
+	f.disks[u.dev.disk]++
+	f.refs++
+	return nil
+}
+
+func (f *ftraceSession) remove(u *ftraceSub) {
+	f.subsMu.Lock()
+	defer f.subsMu.Unlock()
+	l := f.subs[u.dev.diskDev]
+	for i, v := range l {
+		if v == u {
+			l = append(l[:i:i], l[i+1:]...)
+			break
+		}
+	}
+	if len(l) == 0 {
+		delete(f.subs, u.dev.diskDev)
+	} else {
+		f.subs[u.dev.diskDev] = l
+	}
+}
+
+// markAll marks every subscriber's set incomplete: a loss in the shared
+// ring may have hit any disk.
+func (f *ftraceSession) markAll(reason string) {
+	f.subsMu.RLock()
+	defer f.subsMu.RUnlock()
+	for _, l := range f.subs {
+		for _, u := range l {
+			u.set.MarkIncomplete(reason)
+		}
+	}
+}
+
+func (u *ftraceSub) flush(ctx context.Context) error { return u.s.flush(ctx) }
+
+// stop disables tracing of the disk when no other subscriber needs it,
+// applies what the ring still holds, and, for the last subscriber, stops
+// the readers and restores the settings.
+func (u *ftraceSub) stop() error {
+	var errs []error
+	u.stopOnce.Do(func() {
+		sessionMu.Lock()
+		defer sessionMu.Unlock()
+		f := u.s
+		f.disks[u.dev.disk]--
+		if f.disks[u.dev.disk] == 0 {
+			delete(f.disks, u.dev.disk)
+			if err := writeFile(filepath.Join(u.dev.diskSys, "trace", "enable"), "0"); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		f.refs--
+		if f.refs > 0 {
+			// The others keep the readers: let them apply what is left
+			// for this disk before it leaves.
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			if err := f.flush(ctx); err != nil {
+				errs = append(errs, err)
+			}
+			cancel()
+			f.remove(u)
+			return
+		}
+		stopAll(f.readers) // each drains one last time
+		f.checkSettings()
+		f.remove(u)
+		errs = append(errs, f.close())
+		session = nil
+	})
+	return errors.Join(errs...)
+}
+
+// close undoes what newFtraceSession changed. current_tracer was nop: we
+// refuse to start otherwise.
+func (f *ftraceSession) close() error {
+	var errs []error
+	if cur, _ := readSysString(f.path("current_tracer")); cur == "blk" {
+		errs = append(errs, writeFile(f.path("current_tracer"), "nop"))
+	}
+	if f.oldBufferKB != "" {
+		errs = append(errs, writeFile(f.path("buffer_size_kb"), f.oldBufferKB))
+	}
+	if f.oldPause != "" {
+		errs = append(errs, writeFile(f.path("options", "pause-on-trace"), f.oldPause))
+	}
+	for _, r := range f.readers {
+		select {
+		case <-r.done:
+		default:
+			// Never started (Start failed): close the files here.
+			unix.Close(r.fd)
+			unix.Close(r.efd)
+		}
+	}
+	if f.markers != nil {
+		f.markers.close()
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("tracer: restoring tracing settings: %w", err)
+	}
+	return nil
+}
+
+// parseCPUMask parses tracing_cpumask: hex words of 32 bits separated by
+// commas, most significant first.
+func parseCPUMask(s string) ([]uint64, error) {
+	words := strings.Split(strings.TrimSpace(s), ",")
+	if len(words) > 1<<12 {
+		return nil, fmt.Errorf("mask %q too long", s)
+	}
+	mask := make([]uint64, (len(words)+1)/2)
+	for i, w := range words {
+		v, err := strconv.ParseUint(w, 16, 32)
+		if err != nil {
+			return nil, fmt.Errorf("bad mask %q", s)
+		}
+		bit := 32 * (len(words) - 1 - i)
+		mask[bit/64] |= v << (bit % 64)
+	}
+	return mask, nil
+}
+
 // checkUnused refuses when someone else uses ftrace: another tracer, event
-// tracing into the global buffer, tracing switched off, or this disk's
-// blktrace already enabled.
-func (f *ftraceSource) checkUnused(traceDir string) error {
+// tracing into the global buffer, or tracing switched off.
+func (f *ftraceSession) checkUnused() error {
 	cur, err := readSysString(f.path("current_tracer"))
 	if err != nil {
 		return fmt.Errorf("tracer: %w", err)
@@ -173,13 +379,9 @@ func (f *ftraceSource) checkUnused(traceDir string) error {
 		first, _, _ := strings.Cut(ev, "\n")
 		return fmt.Errorf("tracer: events are enabled in the global trace buffer (%s...): %w", first, ErrBusy)
 	}
-	if en, err := readSysString(filepath.Join(traceDir, "enable")); err != nil || en != "0" {
-		return fmt.Errorf("tracer: blktrace of %s is already enabled (%q, %v): %w", f.dev.disk, en, err, ErrBusy)
-	}
 	return nil
 }
-
-func (f *ftraceSource) bufferSizeKB() (string, error) {
+func (f *ftraceSession) bufferSizeKB() (string, error) {
 	s, err := readSysString(f.path("buffer_size_kb"))
 	if err != nil {
 		return "", fmt.Errorf("tracer: %w", err)
@@ -193,7 +395,7 @@ func (f *ftraceSource) bufferSizeKB() (string, error) {
 }
 
 // subbufSize is the size of the pages trace_pipe_raw returns.
-func (f *ftraceSource) subbufSize() (int, error) {
+func (f *ftraceSession) subbufSize() (int, error) {
 	if kb, err := readSysInt(f.path("buffer_subbuf_size_kb")); err == nil && kb > 0 && kb <= 1<<20 {
 		return int(kb) << 10, nil
 	}
@@ -203,7 +405,7 @@ func (f *ftraceSource) subbufSize() (int, error) {
 // ftraceEventIDs returns the type ids of ftrace's own events (print,
 // bprint, function...): any event of another type in the ring is the blk
 // tracer's.
-func (f *ftraceSource) ftraceEventIDs() (map[uint16]bool, error) {
+func (f *ftraceSession) ftraceEventIDs() (map[uint16]bool, error) {
 	formats, _ := filepath.Glob(f.path("events", "ftrace", "*", "format"))
 	ids := make(map[uint16]bool)
 	for _, p := range formats {
@@ -222,101 +424,8 @@ func (f *ftraceSource) ftraceEventIDs() (map[uint16]bool, error) {
 	return ids, nil
 }
 
-// drain reads pages until the ring is empty.
-func (f *ftraceSource) drain(cpu, fd int, page []byte) error {
-	for {
-		n, empty, err := readRing(fd, page)
-		if err != nil {
-			f.set.MarkIncomplete(fmt.Sprintf("reading the ring buffer: %v", err))
-			return err
-		}
-		if empty {
-			return nil
-		}
-		clear(page[n:])
-		f.parse(cpu, page[:n])
-	}
-}
-
-func (f *ftraceSource) parse(cpu int, page []byte) {
-	info, err := ParsePage(page, func(_ uint64, data []byte) error {
-		if len(data) < 2 {
-			return fmt.Errorf("%w: event of %d bytes", ErrBadRecord, len(data))
-		}
-		typ := binary.LittleEndian.Uint16(data)
-		if f.markers != nil && typ == f.markers.printType {
-			f.markers.observe(cpu, data)
-			return nil
-		}
-		if f.nonBlk[typ] {
-			return nil // a trace_marker write or a kernel trace_printk
-		}
-		r, err := DecodeFtraceRecord(data)
-		if err != nil {
-			return fmt.Errorf("event type %d: %w", typ, err)
-		}
-		f.blkTypeMu.Lock()
-		if f.blkType < 0 {
-			f.blkType = int(typ)
-		}
-		known := f.blkType == int(typ)
-		f.blkTypeMu.Unlock()
-		if !known {
-			return fmt.Errorf("%w: unexpected event type %d in the ring", ErrBadRecord, typ)
-		}
-		if r.Device != f.dev.diskDev {
-			return nil
-		}
-		apply(f.set, r, f.dev.partStart)
-		return nil
-	})
-	if err != nil {
-		f.set.MarkIncomplete(fmt.Sprintf("unreadable ring-buffer page: %v", err))
-	}
-	switch {
-	case info.Missed && info.MissedCount > 0:
-		f.set.MarkIncomplete(fmt.Sprintf("ring buffer lost %d events", info.MissedCount))
-	case info.Missed:
-		f.set.MarkIncomplete("ring buffer lost events")
-	}
-}
-
-// checkLoss compares the per-CPU loss counters with their values at Start
-// and checks that nobody changed the tracing settings; it runs after
-// drains, at most once per poll interval.
-func (f *ftraceSource) checkLoss() {
-	f.statsMu.Lock()
-	defer f.statsMu.Unlock()
-	if time.Since(f.lastCheck) < f.interval {
-		return
-	}
-	f.lastCheck = time.Now()
-	f.checkLossLocked()
-}
-
-func (f *ftraceSource) checkLossLocked() {
-	for cpu, base := range f.baseline {
-		lc, err := readLossCounters(f.path("per_cpu", fmt.Sprintf("cpu%d", cpu), "stats"))
-		if err != nil {
-			f.set.MarkIncomplete(fmt.Sprintf("cpu%d loss counters unreadable: %v", cpu, err))
-			continue
-		}
-		if lc.overrun > base.overrun || lc.commitOverrun > base.commitOverrun || lc.dropped > base.dropped {
-			f.set.MarkIncomplete(fmt.Sprintf("cpu%d ring buffer overrun: %d overwritten, %d commit overruns, %d dropped",
-				cpu, lc.overrun-base.overrun, lc.commitOverrun-base.commitOverrun, lc.dropped-base.dropped))
-			f.baseline[cpu] = lc
-		}
-	}
-	if cur, err := readSysString(f.path("current_tracer")); err != nil || cur != "blk" {
-		f.set.MarkIncomplete(fmt.Sprintf("current_tracer changed to %q by someone else", cur))
-	}
-	if on, err := readSysString(f.path("tracing_on")); err != nil || on != "1" {
-		f.set.MarkIncomplete("tracing_on switched off by someone else")
-	}
-	if en, err := readSysString(filepath.Join(f.dev.diskSys, "trace", "enable")); err != nil || en != "1" {
-		f.set.MarkIncomplete("blktrace of " + f.dev.disk + " disabled by someone else")
-	}
-}
+// lossCounters are the fields of per_cpu/cpuN/stats we watch.
+type lossCounters struct{ overrun, commitOverrun, dropped, read uint64 }
 
 func readLossCounters(path string) (lossCounters, error) {
 	fh, err := os.Open(path)
@@ -343,76 +452,15 @@ func readLossCounters(path string) (lossCounters, error) {
 			lc.commitOverrun, found = n, found+1
 		case "dropped events":
 			lc.dropped, found = n, found+1
+		case "read events":
+			lc.read, found = n, found+1
 		}
 	}
 	if err := sc.Err(); err != nil {
 		return lc, err
 	}
-	if found < 2 {
+	if found < 4 {
 		return lc, fmt.Errorf("%s: no overrun counters", path)
 	}
 	return lc, nil
-}
-
-func (f *ftraceSource) flush(ctx context.Context) error {
-	var err error
-	if f.markers != nil {
-		err = f.markers.barrier(ctx, f.readers, 10*time.Second)
-	} else {
-		err = flushAll(ctx, f.readers)
-	}
-	f.statsMu.Lock()
-	f.checkLossLocked()
-	f.lastCheck = time.Now()
-	f.statsMu.Unlock()
-	return err
-}
-
-// stop disables tracing of the disk, drains what is left, and restores the
-// settings.
-func (f *ftraceSource) stop() error {
-	var errs []error
-	f.stopOnce.Do(func() {
-		if err := writeFile(filepath.Join(f.dev.diskSys, "trace", "enable"), "0"); err != nil {
-			errs = append(errs, err)
-		}
-		stopAll(f.readers)
-		f.statsMu.Lock()
-		f.checkLossLocked()
-		f.statsMu.Unlock()
-		errs = append(errs, f.restore())
-	})
-	return errors.Join(errs...)
-}
-
-// restore undoes what startFtrace changed. current_tracer was nop: we
-// refuse to start otherwise.
-func (f *ftraceSource) restore() error {
-	var errs []error
-	traceDir := filepath.Join(f.dev.diskSys, "trace")
-	if en, _ := readSysString(filepath.Join(traceDir, "enable")); en == "1" {
-		errs = append(errs, writeFile(filepath.Join(traceDir, "enable"), "0"))
-	}
-	if cur, _ := readSysString(f.path("current_tracer")); cur == "blk" {
-		errs = append(errs, writeFile(f.path("current_tracer"), "nop"))
-	}
-	if f.oldBufferKB != "" {
-		errs = append(errs, writeFile(f.path("buffer_size_kb"), f.oldBufferKB))
-	}
-	for _, r := range f.readers {
-		select {
-		case <-r.done:
-		default:
-			// Never started (Start failed): close the files here.
-			unix.Close(r.fd)
-			unix.Close(r.efd)
-		}
-	}
-	if f.markers != nil {
-		f.markers.close()
-	}
-	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("tracer: restoring tracing settings: %w", err)
-	}
-	return nil
 }

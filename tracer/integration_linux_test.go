@@ -171,6 +171,7 @@ func traceRounds(t *testing.T, dev, mp, image string, off, size int64, rounds in
 		}
 		return n, blockHashes(t, image, off, size, bs)
 	}
+	zeroHash := maphash.Bytes(blockSeed, make([]byte, bs))
 	n, prev := consistentPoint()
 	s.Acknowledge(s.Pending(n), n) // the "full backup"
 	for round := 0; round < rounds; round++ {
@@ -189,6 +190,7 @@ func traceRounds(t *testing.T, dev, mp, image string, off, size int64, rounds in
 			}
 		}
 		var changed, missed int64
+		var missedBlocks []int
 		for b := range cur {
 			if cur[b] == prev[b] {
 				continue
@@ -196,31 +198,45 @@ func traceRounds(t *testing.T, dev, mp, image string, off, size int64, rounds in
 			changed++
 			if !traced[b] {
 				missed++
-				if missed <= 10 {
-					t.Errorf("round %d: block %d (byte %d) changed but is not in the set", round, b, int64(b)*bs)
-				}
+				missedBlocks = append(missedBlocks, b)
 			}
 		}
 		if missed > 0 {
-			// Were the events late (a barrier failure) or lost?
+			// Were the events late or lost? ext4 mounted with discard
+			// issues the discards of deleted files from a workqueue
+			// after the journal commit, and FIFREEZE does not wait for
+			// that work (fs/ext4/mballoc.c, ext4_process_freed_data: only
+			// unmount flushes s_discard_work). Such a discard can reach
+			// the device after the consistency point: the blocks are
+			// free in the frozen filesystem (ext4 keeps them busy until
+			// the discard is done), and the discard is recorded in the
+			// next epoch. Anything else missing is a tracer failure.
 			m, err := tr.Cut(ctx)
-			var late int64
-			if err == nil {
-				later := make([]bool, len(cur))
-				for _, e := range s.Pending(m) {
-					for b := e.Offset / bs; b*bs < e.End(); b++ {
-						later[b] = true
-					}
+			if err != nil {
+				t.Fatalf("Cut: %v", err)
+			}
+			later := make([]bool, len(cur))
+			for _, e := range s.Pending(m) {
+				for b := e.Offset / bs; b*bs < e.End(); b++ {
+					later[b] = true
 				}
-				for b := range cur {
-					if cur[b] != prev[b] && !traced[b] && later[b] {
-						late++
-					}
+			}
+			var lateDiscards int64
+			for _, b := range missedBlocks {
+				if later[b] && cur[b] == zeroHash {
+					lateDiscards++
+					continue
+				}
+				if missed-lateDiscards <= 10 {
+					t.Errorf("round %d: block %d (byte %d) changed but is not in the set (in the next epoch: %v)", round, b, int64(b)*bs, later[b])
 				}
 			}
 			ok, why := s.Complete()
-			t.Errorf("round %d: %d missed blocks arrived in a later epoch; complete %v %s", round, late, ok, why)
-			t.Fatalf("round %d: %d of %d changed blocks missed", round, missed, changed)
+			if lateDiscards < missed {
+				t.Fatalf("round %d: %d of %d changed blocks missed (%d of them discards recorded after the consistency point); complete %v %s",
+					round, missed-lateDiscards, changed, lateDiscards, ok, why)
+			}
+			t.Logf("round %d: %d blocks were discarded by ext4's discard work after the freeze; they are in epoch %d", round, lateDiscards, m)
 		}
 		if changed == 0 {
 			t.Fatalf("round %d: the workload changed nothing: the test tests nothing", round)
@@ -369,11 +385,26 @@ func TestRefusesBusyFtraceAndRestores(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { tr.Stop() })
 	if tr.Source() != Ftrace {
 		t.Logf("source %v (classic relay files are readable here)", tr.Source())
 	}
-	if _, err := Start(context.Background(), d.Path, Options{}); !errors.Is(err, ErrBusy) {
-		t.Fatalf("second Start: %v, want ErrBusy", err)
+	if tr.Source() == Ftrace {
+		// A second Tracer of the same process joins the session; its
+		// Stop leaves the first one tracing.
+		tr2, err := Start(context.Background(), d.Path, Options{})
+		if err != nil {
+			t.Fatalf("second Start: %v", err)
+		}
+		if err := tr2.Stop(); err != nil {
+			t.Fatal(err)
+		}
+		if got := ctl("current_tracer"); got != "blk" {
+			t.Fatalf("current_tracer %q after the second Tracer stopped", got)
+		}
+		if ok, why := tr.Set().Complete(); !ok {
+			t.Fatalf("the second Tracer's Stop made the first incomplete: %s", why)
+		}
 	}
 	if got := ctl("current_tracer"); tr.Source() == Ftrace && got != "blk" {
 		t.Fatalf("current_tracer %q while tracing", got)

@@ -47,8 +47,9 @@ func (c *cpuReader) wake() {
 }
 
 // run is the reader's goroutine; idle is called after each drain (for
-// loss-counter checks).
-func (c *cpuReader) run(interval time.Duration, idle func()) {
+// loss-counter checks), with force set when a flush or stop waits for the
+// drain: the check must not be skipped then.
+func (c *cpuReader) run(interval time.Duration, idle func(force bool)) {
 	defer close(c.done)
 	fds := []unix.PollFd{{Fd: int32(c.fd), Events: unix.POLLIN}, {Fd: int32(c.efd), Events: unix.POLLIN}}
 	ms := int(interval / time.Millisecond)
@@ -87,7 +88,7 @@ func (c *cpuReader) run(interval time.Duration, idle func()) {
 		}
 		err = c.drain()
 		if idle != nil {
-			idle()
+			idle(len(waiters) > 0 || stopping)
 		}
 		for _, w := range waiters {
 			w <- err

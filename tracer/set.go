@@ -109,6 +109,16 @@ func (s *Set) Add(off, length int64) {
 	s.addLocked(off, length)
 }
 
+// addExtents adds several ranges under one lock: the ftrace reader
+// applies a whole ring page at once.
+func (s *Set) addExtents(es []Extent) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, e := range es {
+		s.addLocked(e.Offset, e.Length)
+	}
+}
+
 func (s *Set) addLocked(off, length int64) {
 	start, end, ok := s.blocks(off, length)
 	if !ok {

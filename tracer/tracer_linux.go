@@ -8,7 +8,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 
 	"golang.org/x/sys/unix"
 )
@@ -102,13 +101,6 @@ func lookupDevice(path string) (*blockDevice, error) {
 	return d, nil
 }
 
-// active makes sure one process runs one Tracer at a time: ftrace has a
-// single global blk tracer.
-var (
-	activeMu sync.Mutex
-	active   bool
-)
-
 // Start begins recording the writes to device, a block device (a whole
 // disk or a partition), into a Set, and returns once tracing is on: every
 // write submitted after Start returns is recorded. It must run as root. It
@@ -131,55 +123,34 @@ func Start(ctx context.Context, device string, o Options) (*Tracer, error) {
 		}
 		set.MarkIncomplete("tracking resumed: writes before this start are unknown")
 	}
-	activeMu.Lock()
-	if active {
-		activeMu.Unlock()
-		return nil, fmt.Errorf("tracer: this process already traces a device: %w", ErrBusy)
-	}
-	active = true
-	activeMu.Unlock()
-	release := func() {
-		activeMu.Lock()
-		active = false
-		activeMu.Unlock()
-	}
-
 	t := &Tracer{set: set, device: device}
 	var classicErr error
-	if o.Source == Auto || o.Source == Classic {
+	// Once this process runs the ftrace session, Auto joins it: the
+	// kernel allows one blktrace per queue, and the session may already
+	// trace this disk.
+	sessionMu.Lock()
+	joined := session != nil
+	sessionMu.Unlock()
+	if o.Source == Classic || o.Source == Auto && !joined {
 		src, err := startClassic(ctx, d, set, o)
 		if err == nil {
-			t.src, t.source = &releasing{src, release}, Classic
+			t.src, t.source = src, Classic
 			return t, nil
 		}
 		if o.Source == Classic || !errors.Is(err, errRelayUnavailable) {
-			release()
 			return nil, err
 		}
 		classicErr = err
 	}
 	src, err := startFtrace(ctx, d, set, o)
 	if err != nil {
-		release()
 		if classicErr != nil {
 			return nil, fmt.Errorf("%w (classic blktrace: %v)", err, classicErr)
 		}
 		return nil, err
 	}
-	t.src, t.source = &releasing{src, release}, Ftrace
+	t.src, t.source = src, Ftrace
 	return t, nil
-}
-
-// releasing frees the process-wide slot when its source stops.
-type releasing struct {
-	source
-	release func()
-}
-
-func (r *releasing) stop() error {
-	err := r.source.stop()
-	r.release()
-	return err
 }
 
 // writeFile writes a control file of tracefs or sysfs.

@@ -1,0 +1,205 @@
+package tracer
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"path/filepath"
+	"time"
+)
+
+// cpuState is one CPU reader's state, touched only by its goroutine.
+type cpuState struct {
+	cpu       int
+	fd        int
+	page      []byte
+	stats     string       // per_cpu/cpuN/stats
+	base      lossCounters // at Start, or at the last loss reported
+	events    uint64       // data events parsed
+	changes   []change     // of the page being applied
+	scratch   []Extent
+	lastCheck time.Time
+}
+
+// A change is a classified event waiting to be applied.
+type change struct {
+	dev         uint32
+	off, length int64
+	action      uint64 // for UnknownChange; length is -1 then
+}
+
+// drain reads pages until the ring is empty.
+func (f *ftraceSession) drain(st *cpuState) error {
+	for {
+		n, empty, err := readRing(st.fd, st.page)
+		if err != nil {
+			f.markAll(fmt.Sprintf("reading the ring buffer of cpu%d: %v", st.cpu, err))
+			return err
+		}
+		if empty {
+			return nil
+		}
+		clear(st.page[n:])
+		f.parse(st, st.page[:n])
+	}
+}
+
+// parse decodes one page and applies it: the changes are collected first
+// and then added to each subscriber's set under one lock.
+func (f *ftraceSession) parse(st *cpuState, page []byte) {
+	st.changes = st.changes[:0]
+	info, err := ParsePage(page, func(_ uint64, data []byte) error {
+		if len(data) < 2 {
+			return fmt.Errorf("%w: event of %d bytes", ErrBadRecord, len(data))
+		}
+		typ := binary.LittleEndian.Uint16(data)
+		if f.markers != nil && typ == f.markers.printType {
+			f.markers.observe(st.cpu, data)
+			return nil
+		}
+		if f.nonBlk[typ] {
+			return nil // a trace_marker write or a kernel trace_printk
+		}
+		r, err := DecodeFtraceRecord(data)
+		if err != nil {
+			return fmt.Errorf("event type %d: %w", typ, err)
+		}
+		if known := f.blkType.Load(); known != int32(typ) {
+			if known >= 0 || !f.blkType.CompareAndSwap(-1, int32(typ)) && f.blkType.Load() != int32(typ) {
+				return fmt.Errorf("%w: unexpected event type %d in the ring", ErrBadRecord, typ)
+			}
+		}
+		switch c, off, l := Classify(r); c {
+		case RangeChanged:
+			st.changes = append(st.changes, change{dev: r.Device, off: off, length: l})
+		case UnknownChange:
+			st.changes = append(st.changes, change{dev: r.Device, length: -1, action: r.Action})
+		}
+		return nil
+	})
+	st.events += uint64(info.Events)
+	f.apply(st)
+	if err != nil {
+		f.markAll(fmt.Sprintf("unreadable ring-buffer page: %v", err))
+	}
+	switch {
+	case info.Missed && info.MissedCount > 0:
+		f.markAll(fmt.Sprintf("ring buffer lost %d events", info.MissedCount))
+	case info.Missed:
+		f.markAll("ring buffer lost events")
+	}
+}
+
+// apply hands the page's changes to the subscribers of their disks.
+func (f *ftraceSession) apply(st *cpuState) {
+	if len(st.changes) == 0 {
+		return
+	}
+	f.subsMu.RLock()
+	defer f.subsMu.RUnlock()
+	for dev, subs := range f.subs {
+		for _, u := range subs {
+			st.scratch = st.scratch[:0]
+			for _, c := range st.changes {
+				switch {
+				case c.dev != dev:
+				case c.length < 0:
+					u.set.MarkIncomplete(fmt.Sprintf("write of unknown range (action %#x)", c.action))
+				default:
+					st.scratch = append(st.scratch, Extent{Offset: c.off - u.dev.partStart, Length: c.length})
+				}
+			}
+			if len(st.scratch) > 0 {
+				u.set.addExtents(st.scratch)
+			}
+		}
+	}
+}
+
+// afterDrain runs on a reader's goroutine after each drain, so every page
+// the kernel handed out on this CPU has been parsed: it compares the CPU's
+// counters with what we saw. Overwritten or dropped events are losses. So
+// is a "read events" count other than ours: another reader of the ring
+// (a trace_pipe reader consumes events) or a reset of the ring (which
+// discards them). The checks run at most once per poll interval unless
+// force (a flush or a stop waits).
+func (f *ftraceSession) afterDrain(st *cpuState, force bool) {
+	now := time.Now()
+	if !force && now.Sub(st.lastCheck) < f.interval {
+		return
+	}
+	st.lastCheck = now
+	lc, err := readLossCounters(st.stats)
+	if err != nil {
+		f.markAll(fmt.Sprintf("cpu%d loss counters unreadable: %v", st.cpu, err))
+		return
+	}
+	b := st.base
+	if lc.overrun > b.overrun || lc.commitOverrun > b.commitOverrun || lc.dropped > b.dropped {
+		f.markAll(fmt.Sprintf("cpu%d ring buffer overrun: %d overwritten, %d commit overruns, %d dropped",
+			st.cpu, lc.overrun-b.overrun, lc.commitOverrun-b.commitOverrun, lc.dropped-b.dropped))
+	}
+	if lc.read-b.read != st.events {
+		f.markAll(fmt.Sprintf("cpu%d: the kernel handed out %d events, this reader parsed %d: another reader consumed events or the ring was reset",
+			st.cpu, int64(lc.read-b.read), st.events))
+		lc.read -= st.events // resynchronise
+	} else {
+		lc.read = b.read
+	}
+	st.base = lc
+	if force {
+		f.checkSettings()
+	} else {
+		f.checkMu.Lock()
+		due := now.Sub(f.lastCheck) >= f.interval
+		if due {
+			f.lastCheck = now
+		}
+		f.checkMu.Unlock()
+		if due {
+			f.checkSettings()
+		}
+	}
+}
+
+// checkSettings checks that nobody changed the tracing settings that
+// tracing depends on: each of them stops or drops recording silently.
+func (f *ftraceSession) checkSettings() {
+	if cur, err := readSysString(f.path("current_tracer")); err != nil || cur != "blk" {
+		f.markAll(fmt.Sprintf("current_tracer changed to %q by someone else", cur))
+	}
+	if on, err := readSysString(f.path("tracing_on")); err != nil || on != "1" {
+		f.markAll("tracing_on switched off by someone else")
+	}
+	if kb, err := f.bufferSizeKB(); err != nil || kb != f.bufferKB {
+		// Resizing disables recording while it runs.
+		f.markAll(fmt.Sprintf("buffer_size_kb changed from %s to %s by someone else", f.bufferKB, kb))
+		f.bufferKB = kb
+	}
+	if m, err := readSysString(f.path("tracing_cpumask")); err != nil || m != f.cpumask {
+		f.markAll(fmt.Sprintf("tracing_cpumask changed from %s to %s by someone else", f.cpumask, m))
+	}
+	if f.oldPause != "" {
+		if p, err := readSysString(f.path("options", "pause-on-trace")); err != nil || p != "0" {
+			f.markAll("pause-on-trace set again by someone else: reading the trace file stops recording")
+		}
+	}
+	f.subsMu.RLock()
+	defer f.subsMu.RUnlock()
+	for _, l := range f.subs {
+		for _, u := range l {
+			if en, err := readSysString(filepath.Join(u.dev.diskSys, "trace", "enable")); err != nil || en != "1" {
+				u.set.MarkIncomplete("blktrace of " + u.dev.disk + " disabled by someone else")
+			}
+		}
+	}
+}
+
+// flush is the barrier (see Tracer). The readers check their CPU's loss
+// counters before they answer, and the settings are checked after.
+func (f *ftraceSession) flush(ctx context.Context) error {
+	if f.markers != nil {
+		return f.markers.barrier(ctx, f.readers, 10*time.Second)
+	}
+	return flushAll(ctx, f.readers)
+}

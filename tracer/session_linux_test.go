@@ -1,0 +1,145 @@
+package tracer
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/blockimage/blockimage/internal/testenv"
+)
+
+// writeDirect writes n bytes of 0xa5 at off with O_DIRECT.
+func writeDirect(t *testing.T, dev string, off int64, n int) {
+	t.Helper()
+	f, err := os.OpenFile(dev, os.O_WRONLY|unix.O_DIRECT, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	// O_DIRECT wants an aligned buffer: cut one out of a larger one.
+	raw := make([]byte, n+4096)
+	skip := (4096 - int(uintptr(unsafe.Pointer(&raw[0]))%4096)) % 4096
+	buf := raw[skip : skip+n]
+	for i := range buf {
+		buf[i] = 0xa5
+	}
+	if _, err := f.WriteAt(buf, off); err != nil {
+		t.Fatalf("write %s at %d: %v", dev, off, err)
+	}
+}
+
+// TestTwoDevicesShareTheSession traces two loop devices from one process:
+// each set gets its own device's writes and nothing else, one Tracer stops
+// while the other goes on, and the last Stop restores the settings.
+func TestTwoDevicesShareTheSession(t *testing.T) {
+	requireTracing(t)
+	ctx := context.Background()
+	a := testenv.NewLoopDevice(t, 16<<20)
+	b := testenv.NewLoopDevice(t, 32<<20)
+	ta, err := Start(ctx, a.Path, Options{Source: Ftrace})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ta.Stop()
+	tb, err := Start(ctx, b.Path, Options{Source: Ftrace})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tb.Stop()
+
+	writeDirect(t, a.Path, 1<<20, 8192)
+	writeDirect(t, b.Path, 5<<20, 4096)
+	na, err := ta.Cut(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nb, err := tb.Cut(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := ta.Set().Pending(na), []Extent{{1 << 20, 8192}}; !equalExtents(got, want) {
+		t.Errorf("device a: pending %v, want %v", got, want)
+	}
+	if got, want := tb.Set().Pending(nb), []Extent{{5 << 20, 4096}}; !equalExtents(got, want) {
+		t.Errorf("device b: pending %v, want %v", got, want)
+	}
+
+	if err := ta.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	if en, _ := readSysString(filepath.Join("/sys/block", filepath.Base(a.Path), "trace", "enable")); en != "0" {
+		t.Errorf("trace/enable of a is %q after its Stop", en)
+	}
+	writeDirect(t, b.Path, 9<<20, 4096)
+	nb, err = tb.Cut(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := tb.Set().Pending(nb), []Extent{{5 << 20, 4096}, {9 << 20, 4096}}; !equalExtents(got, want) {
+		t.Errorf("device b after a stopped: pending %v, want %v", got, want)
+	}
+	if ok, why := tb.Set().Complete(); !ok {
+		t.Errorf("device b incomplete: %s", why)
+	}
+	if err := tb.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	dir, err := findTracefs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cur, _ := readSysString(filepath.Join(dir, "current_tracer")); cur != "nop" {
+		t.Errorf("current_tracer %q after the last Stop", cur)
+	}
+}
+
+// TestRingResetMarksIncomplete: another tool emptying the ring (writing
+// the trace file) discards events silently as far as the overrun counters
+// go; the read-events accounting must catch it.
+func TestRingResetMarksIncomplete(t *testing.T) {
+	requireTracing(t)
+	ctx := context.Background()
+	d := testenv.NewLoopDevice(t, 16<<20)
+	tr := startTracer(t, d.Path, Options{Source: Ftrace})
+	writeDirect(t, d.Path, 0, 4096)
+	if err := tr.Flush(ctx); err != nil { // every reader has now parsed a marker
+		t.Fatal(err)
+	}
+	if ok, why := tr.Set().Complete(); !ok {
+		t.Fatalf("incomplete before the reset: %s", why)
+	}
+	dir, err := findTracefs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := writeFile(filepath.Join(dir, "trace"), ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := tr.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	ok, why := tr.Set().Complete()
+	if ok {
+		t.Fatal("a reset of the ring left the set complete")
+	}
+	if !strings.Contains(why, "reset") {
+		t.Fatalf("incomplete for another reason: %s", why)
+	}
+}
+
+func equalExtents(a, b []Extent) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}

@@ -120,8 +120,10 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		switch {
 		case len(mounts) > 0 && errors.Is(err, fsparse.ErrCorrupt):
 			fmt.Fprintf(stderr, "inspect: it is mounted at %s and may have changed while it was read: freeze it (fsfreeze --freeze %s), inspect again, then unfreeze it\n", mounts[0].MountPoint, mounts[0].MountPoint)
+		case errors.Is(err, fsparse.ErrNeedsRecovery) && len(mounts) > 0:
+			fmt.Fprintf(stderr, "inspect: it is mounted at %s: freeze it (fsfreeze --freeze %s) or unmount it, then inspect again\n", mounts[0].MountPoint, mounts[0].MountPoint)
 		case errors.Is(err, fsparse.ErrNeedsRecovery):
-			fmt.Fprintln(stderr, "inspect: freeze the filesystem (fsfreeze --freeze MOUNTPOINT) or unmount it, then inspect again")
+			fmt.Fprintf(stderr, "inspect: it is not mounted here: if nothing else uses it, mount and unmount it once (or run its fsck) to replay the journal, then inspect again; as it is, a backup would have to copy all %d bytes\n", size)
 		}
 		return exitError
 	}

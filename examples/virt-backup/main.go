@@ -41,6 +41,10 @@
 // Verify checks a backup without libvirt: metadata, every stored file's
 // checksum, and every disk's decompressed content against its checksum.
 //
+// SIGINT, SIGTERM and SIGHUP stop a run cleanly: a guest stopped for its
+// backup is resumed from its saved memory first, and partial files are
+// removed.
+//
 // Output: progress on stderr when it is a terminal; a summary on stdout,
 // as JSON with --json. Exit codes: 0 every domain succeeded; 1 at least one
 // domain failed (the others were still processed; see the summary);
@@ -82,7 +86,10 @@ Exit codes: 0 all domains succeeded, 1 some domain failed, 2 usage error,
 
 func main() {
 	mtcp.Main()
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	// SIGHUP too: a closed terminal or a dropped ssh session must not kill
+	// the program while a guest is stopped for its backup (it would stay
+	// shut off, its memory only in the .sav); cancelling resumes it.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
 	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
 	os.Exit(code)

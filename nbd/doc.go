@@ -16,11 +16,13 @@
 // gets an error wrapping [ErrProtocol], never a panic or an allocation sized
 // by its numbers.
 //
-// [Sink] is what a backup writes to: WriteAt copies the data and sends it
-// pipelined, all-zero blocks are skipped, written as WRITE_ZEROES or trimmed,
-// and a connection that breaks is re-established with backoff and every
-// write no successful FLUSH covered is sent again. Durable reports exactly
-// which extents a FLUSH covered; nothing else is ever reported durable.
+// [Sink] is what a backup writes to: WriteAt sends data pipelined (keeping a
+// copy until a FLUSH covers it, or none when SinkOptions.Source can give it
+// back), all-zero blocks and WriteZeroes ranges are skipped, written as
+// WRITE_ZEROES or trimmed, and a connection that breaks is re-established
+// with backoff and every write no successful FLUSH covered is sent again.
+// Durable reports exactly which extents a FLUSH covered; nothing else is
+// ever reported durable. [Info] probes an export with NBD_OPT_INFO.
 //
 // [Server] serves a [Backend] (a sparse file via [NewFileBackend]) to any NBD
 // client: concurrent requests, FLUSH with fsync, FUA, TRIM that punches

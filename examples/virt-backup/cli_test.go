@@ -42,7 +42,8 @@ func TestUsage(t *testing.T) {
 func TestVerifyMissingBackup(t *testing.T) {
 	var out, errb bytes.Buffer
 	code := run(context.Background(), []string{"verify", "--source-path", t.TempDir(), "--json"}, &out, &errb)
-	if code != exitFatal || !strings.Contains(out.String(), `"ok": false`) || !strings.Contains(out.String(), "no backup metadata") {
+	if code != exitFatal || !strings.Contains(out.String(), `"ok": false`) || !strings.Contains(out.String(), "no backup metadata") ||
+		!strings.Contains(out.String(), `"domains": []`) {
 		t.Fatalf("exit %d\n%s%s", code, out.String(), errb.String())
 	}
 }

@@ -50,6 +50,10 @@ type diskResult struct {
 // finish prints s and returns the exit code.
 func (s *summary) finish(w io.Writer, asJSON bool, fatal bool) int {
 	s.OK = !fatal && s.Error == ""
+	if s.Domains == nil {
+		// [] rather than null: JSON readers iterate over it.
+		s.Domains = []domainResult{}
+	}
 	for _, d := range s.Domains {
 		if !d.OK {
 			s.OK = false

@@ -263,6 +263,16 @@ func badInput(t *testing.T, work, good, running1, running2 string) {
 			f.WriteAt([]byte{1}, 8<<20)
 			f.Close()
 		}, exitFailed, "checksum mismatch"},
+		{"damaged second disk", func(t *testing.T, dir string) {
+			// vda is restored first, then removed when vdb fails: the
+			// summary must not list it as restored.
+			f, err := os.OpenFile(filepath.Join(dir, running1+".vdb.qcow2"), os.O_WRONLY, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			f.WriteAt([]byte{0xff}, 300<<10)
+			f.Close()
+		}, exitFailed, "checksum mismatch"},
 	}
 	for i, c := range cases {
 		t.Run(strings.ReplaceAll(c.name, " ", "_"), func(t *testing.T) {
@@ -278,6 +288,9 @@ func badInput(t *testing.T, work, good, running1, running2 string) {
 			}
 			if left := listDir(t, dest); len(left) != 0 {
 				t.Fatalf("failed restore left %v in the destination", left)
+			}
+			if strings.Contains(r.stdout, dest) {
+				t.Fatalf("failed restore lists files it removed:\n%s", r.stdout)
 			}
 			if got := strings.Join(listDir(t, outer), " "); got != "" && got != "a" {
 				t.Fatalf("restore wrote outside its destination: %s", got)

@@ -132,6 +132,8 @@ func restoreDomain(ctx context.Context, conn *virt.Conn, dm *virt.DomainMetadata
 		for _, p := range created {
 			os.Remove(p)
 		}
+		// Their files are gone: do not list them as restored.
+		res.Disks = nil
 	}()
 	fail := func(err error) domainResult {
 		res.Error = err.Error()

@@ -139,7 +139,7 @@ func (p *Platform) Run(ctx context.Context, b Backup) (res agentapi.Result, err 
 		}
 	}
 
-	target, err := p.OpenTarget(ctx, req.Target, dev)
+	target, err := p.OpenTarget(ctx, req.Target, dev, res.Mode == agentapi.Diff)
 	if err != nil {
 		return res, fmt.Errorf("linuxagent: opening target %s: %w", req.Target, err)
 	}

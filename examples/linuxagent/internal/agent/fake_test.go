@@ -262,7 +262,7 @@ func newFakeMachine(size int, seed uint64) *fakeMachine {
 			defer m.disk.mu.Unlock()
 			return m.disk.writes, nil
 		},
-		OpenTarget: func(ctx context.Context, target string, src Device) (Target, error) {
+		OpenTarget: func(ctx context.Context, target string, src Device, diff bool) (Target, error) {
 			size := src.Size()
 			m.mu.Lock()
 			defer m.mu.Unlock()

@@ -14,6 +14,7 @@ import (
 	"testing"
 
 	"github.com/blockimage/blockimage/blockdev"
+	"github.com/blockimage/blockimage/examples/linuxagent/internal/agentapi"
 	"github.com/blockimage/blockimage/fsparse"
 	"github.com/blockimage/blockimage/internal/testenv"
 )
@@ -87,6 +88,7 @@ type cuttingProxy struct {
 	cutsLeft        int
 	restartAt       int
 	restart         chan chan struct{} // the test restarts, then closes the inner channel
+	replies         bool               // count the bytes from the server too
 	mu              sync.Mutex
 	cuts            int
 	sinceCut, limit int64
@@ -125,7 +127,15 @@ func (p *cuttingProxy) accept() {
 func (p *cuttingProxy) pipe(c, s net.Conn) {
 	done := make(chan struct{})
 	cut := func() { c.Close(); s.Close() }
-	go func() { io.Copy(c, s); cut(); close(done) }()
+	go func() {
+		if p.replies {
+			p.copyCounting(c, s)
+		} else {
+			io.Copy(c, s)
+		}
+		cut()
+		close(done)
+	}()
 	buf := make([]byte, 64<<10)
 	for {
 		n, err := c.Read(buf)
@@ -143,6 +153,23 @@ func (p *cuttingProxy) pipe(c, s net.Conn) {
 	}
 	cut()
 	<-done
+}
+
+// copyCounting copies the server's replies to the client, counting them
+// like the requests.
+func (p *cuttingProxy) copyCounting(c, s net.Conn) {
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := s.Read(buf)
+		if n > 0 {
+			if _, werr := c.Write(buf[:n]); werr != nil || p.count(int64(n)) {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
 }
 
 // count records n bytes sent to the server and reports whether to cut
@@ -222,4 +249,65 @@ func TestNetworkFaultsDuringFullBackup(t *testing.T) {
 		t.Fatalf("%d of %d in-use blocks differ after %d cuts and a server restart", bad, compared/4096, cuts)
 	}
 	t.Logf("%d cuts and a server restart: %d MiB in use, exact", cuts, compared>>20)
+}
+
+// TestNetworkFaultsDuringDiffBackup cuts the connection while a diff
+// backup reads the target (cut on the bytes of the replies too) and
+// restarts the server once: the diff reconnects, resends what no flush
+// covered, and the image is exact. qemu-nbd serves one client at a time,
+// so the diff's reads and writes must share a connection.
+func TestNetworkFaultsDuringDiffBackup(t *testing.T) {
+	testenv.Require(t, testenv.Root, testenv.LoopDevices, testenv.Mkfs("ext4"), testenv.Mountable("ext4"), testenv.Commands("qemu-nbd"))
+	testenv.Exclusive(t, "ftrace") // the backup traces the device
+	const size = 256 << 20
+	dev := testenv.NewFilesystem(t, "ext4", size)
+	testenv.FillFiles(t, dev.MountPoint, testenv.FillOptions{Seed: 2, Files: 16, MaxSize: 8 << 20})
+	srv := testenv.StartNBD(t, testenv.QemuNBD, testenv.NBDOptions{Size: size})
+	if _, err := System.Run(context.Background(), Backup{Request: backupRequest(dev.Path, srv.URI)}); err != nil {
+		t.Fatalf("full backup: %v", err)
+	}
+	// Change a part of the filesystem, then diff through the faults.
+	testenv.FillFiles(t, dev.MountPoint, testenv.FillOptions{Seed: 3, Files: 8, MaxSize: 4 << 20})
+	dev.Unmount(t)
+	proxy := newCuttingProxy(t, srv.Address, 5, 2, 2<<20, 12<<20)
+	proxy.replies = true
+	req := backupRequest(dev.Path, proxy.uri())
+	req.Mode = agentapi.Diff
+	done := make(chan error, 1)
+	var res agentapi.Result
+	go func() {
+		var err error
+		res, err = System.Run(context.Background(), Backup{Request: req})
+		done <- err
+	}()
+	restarted := false
+	for {
+		select {
+		case ack := <-proxy.restart:
+			srv.Restart(t)
+			restarted = true
+			close(ack)
+			continue
+		case err := <-done:
+			if err != nil {
+				t.Fatalf("diff through the faulty network: %v", err)
+			}
+		}
+		break
+	}
+	proxy.mu.Lock()
+	cuts := proxy.cuts
+	proxy.mu.Unlock()
+	if cuts < 3 || !restarted {
+		t.Fatalf("only %d cuts (restart: %v): the diff was too small to test the faults", cuts, restarted)
+	}
+	if res.BytesSent >= res.BytesInUse {
+		t.Errorf("the diff sent %d bytes of %d in use: it did not skip what the target holds", res.BytesSent, res.BytesInUse)
+	}
+	srv.Stop(t)
+	bad, compared := sameInUse(t, dev.Path, srv.Image)
+	if bad != 0 {
+		t.Fatalf("%d of %d in-use blocks differ after %d cuts and a server restart", bad, compared/4096, cuts)
+	}
+	t.Logf("%d cuts and a server restart: diff sent %d of %d MiB in use, exact", cuts, res.BytesSent>>20, compared>>20)
 }

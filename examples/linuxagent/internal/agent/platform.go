@@ -85,8 +85,9 @@ type Platform struct {
 	WriteCount func(device string) (uint64, error)
 	// OpenTarget connects to target (an NBD URI or a local image path)
 	// for a backup of src: a new local image takes its size, and data to
-	// resend after a reconnect is read again from it.
-	OpenTarget func(ctx context.Context, target string, src Device) (Target, error)
+	// resend after a reconnect is read again from it. diff asks for a
+	// target that is read as well as written.
+	OpenTarget func(ctx context.Context, target string, src Device, diff bool) (Target, error)
 }
 
 // ErrUnavailable reports a platform function that this build lacks.

@@ -29,7 +29,7 @@ type servedImage struct {
 	dir     string
 }
 
-func serveImageNBD(ctx context.Context, path string, src io.ReaderAt) (Target, error) {
+func serveImageNBD(ctx context.Context, path string, src io.ReaderAt, diff bool) (Target, error) {
 	backend, err := nbd.NewFileBackend(path)
 	if err != nil {
 		return nil, err
@@ -51,7 +51,7 @@ func serveImageNBD(ctx context.Context, path string, src io.ReaderAt) (Target, e
 	srv := &nbd.Server{Backend: backend, Name: imageExport, MultiConn: true}
 	go func() { s.served <- srv.Serve(sctx, l) }()
 	uri := (&url.URL{Scheme: "nbd+unix", Path: "/" + imageExport, RawQuery: "socket=" + url.QueryEscape(sock)}).String()
-	t, err := dialNBD(ctx, uri, src)
+	t, err := dialNBD(ctx, uri, src, diff)
 	if err != nil {
 		s.shutdown()
 		return nil, fmt.Errorf("linuxagent: connecting to the embedded NBD server: %w", err)

@@ -21,29 +21,30 @@ func IsNBDURI(target string) bool {
 }
 
 // openTarget is the default Platform.OpenTarget.
-func openTarget(ctx context.Context, target string, src Device) (Target, error) {
+func openTarget(ctx context.Context, target string, src Device, diff bool) (Target, error) {
 	if IsNBDURI(target) {
 		if openNBD == nil {
 			return nil, fmt.Errorf("%w: NBD targets need package nbd", ErrUnavailable)
 		}
-		return openNBD(ctx, target, src)
+		return openNBD(ctx, target, src, diff)
 	}
 	if err := prepareImage(target, src.Size()); err != nil {
 		return nil, err
 	}
 	if serveImage != nil {
-		return serveImage(ctx, target, src)
+		return serveImage(ctx, target, src, diff)
 	}
 	return openFileTarget(target)
 }
 
-// openNBD connects to an NBD export for a backup of src; serveImage serves
-// a local image through the embedded NBD server and connects to it;
-// openNBDSource opens an export for reading. All are set by wire_nbd.go.
+// openNBD connects to an NBD export for a backup of src (a diff reads it
+// too); serveImage serves a local image through the embedded NBD server
+// and connects to it; openNBDSource opens an export for reading. All are
+// set by wire_nbd.go.
 var (
-	openNBD       func(ctx context.Context, uri string, src io.ReaderAt) (Target, error)
+	openNBD       func(ctx context.Context, uri string, src io.ReaderAt, diff bool) (Target, error)
 	openNBDSource func(ctx context.Context, uri string) (Target, error)
-	serveImage    func(ctx context.Context, path string, src io.ReaderAt) (Target, error)
+	serveImage    func(ctx context.Context, path string, src io.ReaderAt, diff bool) (Target, error)
 )
 
 // prepareImage creates a sparse image file of size bytes, or grows an

@@ -52,7 +52,8 @@ func TestImageFileRoundTrip(t *testing.T) {
 	if err := os.WriteFile(src, data, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	dst := filepath.Join(dir, "backup.img")
+	// The target's directory does not exist yet: the backup creates it.
+	dst := filepath.Join(dir, "backups", "host", "backup.img")
 	var out, errb bytes.Buffer
 	if code := run(context.Background(), []string{"backup", src, "--to", dst, "--local"}, &out, &errb); code != 0 {
 		t.Fatalf("backup: exit %d: %s", code, errb.String())

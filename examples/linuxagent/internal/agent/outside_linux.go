@@ -20,9 +20,18 @@ func checkTargetOutside(target, device string) error {
 	if abs, err := filepath.Abs(target); err == nil {
 		dir = filepath.Dir(abs)
 	}
+	// A directory still to be created lands on its nearest existing
+	// ancestor's filesystem.
 	var tst unix.Stat_t
-	if err := unix.Stat(dir, &tst); err != nil {
-		return fmt.Errorf("linuxagent: target directory: %w", err)
+	for {
+		err := unix.Stat(dir, &tst)
+		if err == nil {
+			break
+		}
+		if err != unix.ENOENT || filepath.Dir(dir) == dir {
+			return fmt.Errorf("linuxagent: target directory %s: %w", dir, err)
+		}
+		dir = filepath.Dir(dir)
 	}
 	if dst.Mode&unix.S_IFMT == unix.S_IFBLK && tst.Dev == dst.Rdev {
 		return fmt.Errorf("linuxagent: target %s is on %s itself; put it on another filesystem", target, device)

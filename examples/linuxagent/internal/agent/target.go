@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 )
 
@@ -47,10 +48,13 @@ var (
 	serveImage    func(ctx context.Context, path string, src io.ReaderAt, diff bool) (Target, error)
 )
 
-// prepareImage creates a sparse image file of size bytes, or grows an
-// existing smaller one; an image larger than the device is refused, since
-// it would not be the device's image.
+// prepareImage creates a sparse image file of size bytes, and its
+// directory if need be, or grows an existing smaller one; an image larger
+// than the device is refused, since it would not be the device's image.
 func prepareImage(path string, size int64) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return fmt.Errorf("linuxagent: target directory: %w", err)
+	}
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return fmt.Errorf("linuxagent: target image: %w", err)

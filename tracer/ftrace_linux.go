@@ -311,15 +311,8 @@ func (u *ftraceSub) stop() error {
 // refuse to start otherwise.
 func (f *ftraceSession) close() error {
 	var errs []error
-	if cur, _ := readSysString(f.path("current_tracer")); cur == "blk" {
-		errs = append(errs, writeFile(f.path("current_tracer"), "nop"))
-	}
-	if f.oldBufferKB != "" {
-		errs = append(errs, writeFile(f.path("buffer_size_kb"), f.oldBufferKB))
-	}
-	if f.oldPause != "" {
-		errs = append(errs, writeFile(f.path("options", "pause-on-trace"), f.oldPause))
-	}
+	// First the ring files: the kernel refuses to change current_tracer
+	// (EBUSY) while a trace_pipe_raw is open.
 	for _, r := range f.readers {
 		select {
 		case <-r.done:
@@ -328,6 +321,15 @@ func (f *ftraceSession) close() error {
 			unix.Close(r.fd)
 			unix.Close(r.efd)
 		}
+	}
+	if cur, _ := readSysString(f.path("current_tracer")); cur == "blk" {
+		errs = append(errs, writeFile(f.path("current_tracer"), "nop"))
+	}
+	if f.oldBufferKB != "" {
+		errs = append(errs, writeFile(f.path("buffer_size_kb"), f.oldBufferKB))
+	}
+	if f.oldPause != "" {
+		errs = append(errs, writeFile(f.path("options", "pause-on-trace"), f.oldPause))
 	}
 	if f.markers != nil {
 		f.markers.close()

@@ -147,24 +147,23 @@ func (f *ftraceSession) afterDrain(st *cpuState, force bool) {
 		lc.read = b.read
 	}
 	st.base = lc
-	if force {
-		f.checkSettings()
-	} else {
-		f.checkMu.Lock()
-		due := now.Sub(f.lastCheck) >= f.interval
-		if due {
-			f.lastCheck = now
-		}
-		f.checkMu.Unlock()
-		if due {
-			f.checkSettings()
-		}
+	f.checkMu.Lock()
+	defer f.checkMu.Unlock()
+	if force || now.Sub(f.lastCheck) >= f.interval {
+		f.lastCheck = now
+		f.checkSettingsLocked()
 	}
 }
 
 // checkSettings checks that nobody changed the tracing settings that
 // tracing depends on: each of them stops or drops recording silently.
 func (f *ftraceSession) checkSettings() {
+	f.checkMu.Lock()
+	defer f.checkMu.Unlock()
+	f.checkSettingsLocked()
+}
+
+func (f *ftraceSession) checkSettingsLocked() {
 	if cur, err := readSysString(f.path("current_tracer")); err != nil || cur != "blk" {
 		f.markAll(fmt.Sprintf("current_tracer changed to %q by someone else", cur))
 	}

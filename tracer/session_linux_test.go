@@ -2,6 +2,7 @@ package tracer
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -142,4 +143,65 @@ func equalExtents(a, b []Extent) bool {
 		}
 	}
 	return true
+}
+
+// TestSilentDropSettings: settings under which the ring buffer drops
+// events without counting them make Start refuse (a CPU outside
+// tracing_cpumask) or mark the set incomplete (a resize while tracing).
+func TestSilentDropSettings(t *testing.T) {
+	requireTracing(t)
+	ctx := context.Background()
+	dir, err := findTracefs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := testenv.NewLoopDevice(t, 16<<20)
+
+	maskPath := filepath.Join(dir, "tracing_cpumask")
+	mask, err := readSysString(maskPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := writeFile(maskPath, "1"); err != nil { // cpu0 only
+		t.Fatal(err)
+	}
+	tr0, err := Start(ctx, d.Path, Options{Source: Ftrace})
+	if err == nil {
+		tr0.Stop()
+	}
+	if werr := writeFile(maskPath, mask); werr != nil {
+		t.Fatalf("restoring tracing_cpumask %s: %v", mask, werr)
+	}
+	multiCPU := len(readersOf(t, dir)) > 1
+	// A Start that failed after selecting the tracer must put it back,
+	// which the kernel refuses while a trace_pipe_raw is open.
+	if cur, _ := readSysString(filepath.Join(dir, "current_tracer")); cur != "nop" {
+		t.Fatalf("current_tracer %q after a failed Start", cur)
+	}
+	switch {
+	case multiCPU && !errors.Is(err, ErrBusy):
+		t.Fatalf("Start with tracing_cpumask 1 on a multi-CPU machine: %v, want ErrBusy", err)
+	case !multiCPU && err != nil:
+		t.Fatalf("Start on one CPU: %v", err)
+	}
+
+	tr := startTracer(t, d.Path, Options{Source: Ftrace, BufferSizeKB: 256})
+	if err := writeFile(filepath.Join(dir, "buffer_size_kb"), "512"); err != nil {
+		t.Fatal(err)
+	}
+	if err := tr.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	ok, why := tr.Set().Complete()
+	if ok || !strings.Contains(why, "buffer_size_kb") {
+		t.Fatalf("a resize during the trace: complete %v %q", ok, why)
+	}
+}
+
+func readersOf(t *testing.T, dir string) []string {
+	cpus, err := filepath.Glob(filepath.Join(dir, "per_cpu", "cpu*"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cpus
 }

@@ -2,7 +2,7 @@
 // reports the changed blocks. bench/tracer-overhead uses it to measure what
 // tracing costs a workload.
 //
-//	tracerun [-source auto|classic|ftrace] [-block-size N] DEVICE CMD [ARG...]
+//	tracerun [-source auto|classic|ftrace] [-block-size N] [-cpuprofile FILE] DEVICE CMD [ARG...]
 package main
 
 import (
@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"runtime/pprof"
 
 	"github.com/blockimage/blockimage/tracer"
 )
@@ -18,6 +19,7 @@ import (
 func main() {
 	source := flag.String("source", "auto", "auto, classic or ftrace")
 	bs := flag.Int("block-size", 4096, "block size of the changed-block set")
+	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the tracer's process to this file")
 	flag.Usage = func() {
 		fmt.Fprintf(os.Stderr, "usage: tracerun [-source auto|classic|ftrace] [-block-size N] DEVICE CMD [ARG...]\n")
 		flag.PrintDefaults()
@@ -37,6 +39,18 @@ func main() {
 	default:
 		fmt.Fprintf(os.Stderr, "tracerun: unknown source %q\n", *source)
 		os.Exit(2)
+	}
+	if *cpuprofile != "" {
+		f, err := os.Create(*cpuprofile)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "tracerun: %v\n", err)
+			os.Exit(1)
+		}
+		pprof.StartCPUProfile(f)
+		code := run(flag.Arg(0), flag.Args()[1:], o)
+		pprof.StopCPUProfile()
+		f.Close()
+		os.Exit(code)
 	}
 	os.Exit(run(flag.Arg(0), flag.Args()[1:], o))
 }

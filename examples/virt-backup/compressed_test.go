@@ -59,7 +59,8 @@ func compressedBackup(t *testing.T, work string, g *testenv.Guest, others ...str
 	if r.stderr != "" {
 		t.Errorf("backup not on a terminal printed on stderr: %q", r.stderr)
 	}
-	vr := runOK(t, exitOK, "verify", "--source-path", backupDir)
+	vr := runOK(t, exitOK, "verify", "--source-path", backupDir, "--json")
+	checkVerifyData(t, vr)
 	if vr.stderr != "" {
 		t.Errorf("verify not on a terminal printed on stderr: %q", vr.stderr)
 	}

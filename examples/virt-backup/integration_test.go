@@ -88,7 +88,7 @@ func TestBackupRestore(t *testing.T) {
 	if a := allocatedBytes(t, filepath.Join(backupDir, off.Name+".vda.raw")); a > 4<<20 {
 		t.Errorf("stored 16 MiB raw disk with 1 MiB of data allocates %d bytes", a)
 	}
-	runOK(t, exitOK, "verify", "--source-path", backupDir)
+	checkVerifyData(t, runOK(t, exitOK, "verify", "--source-path", backupDir, "--json"))
 	xzDir := compressedBackup(t, work, run1, run2.Name, off.Name)
 
 	// One domain's failure does not stop the others.
@@ -352,4 +352,18 @@ func editMetadata(t *testing.T, dir, old, new string) {
 		t.Fatalf("metadata has no %s:\n%s", old, b)
 	}
 	os.WriteFile(p, []byte(strings.Replace(string(b), old, new, 1)), 0o644)
+}
+
+// checkVerifyData fails unless verify reported, for every disk (all the
+// test disks hold data), the data it found: a verified disk listed as
+// "0 B data" reads as an empty backup.
+func checkVerifyData(t *testing.T, r result) {
+	t.Helper()
+	for _, d := range r.summary.Domains {
+		for _, k := range d.Disks {
+			if k.DataBytes <= 0 || k.DataBytes > k.Size {
+				t.Errorf("verify reports %d data bytes for %s %s of %d bytes", k.DataBytes, d.Name, k.Target, k.Size)
+			}
+		}
+	}
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -414,23 +415,33 @@ func (r ctxReader) Read(p []byte) (int, error) {
 }
 
 // hashStream hashes r, reading at most limit+1 bytes, and returns the hex
-// SHA-256 and the length read.
-func hashStream(ctx context.Context, r io.Reader, limit int64, progress func(done, total int64)) (string, int64, error) {
+// SHA-256, the length read, and the bytes in 4 KiB blocks that are not all
+// zero (those a restore writes as data).
+func hashStream(ctx context.Context, r io.Reader, limit int64, progress func(done, total int64)) (string, int64, int64, error) {
+	const grain = 4096
 	h := sha256.New()
 	buf := make([]byte, 1<<20)
-	var n int64
+	zero := make([]byte, grain)
+	var n, data int64
 	lr := io.LimitReader(ctxReader{ctx, r}, limit+1)
 	for {
-		k, err := lr.Read(buf)
+		// Whole buffers, so that grains stay aligned to the image.
+		k, err := io.ReadFull(lr, buf)
 		h.Write(buf[:k])
+		for i := 0; i < k; i += grain {
+			g := buf[i:min(i+grain, k)]
+			if !bytes.Equal(g, zero[:len(g)]) {
+				data += int64(len(g))
+			}
+		}
 		n += int64(k)
 		progress(min(n, limit), limit)
-		if err == io.EOF {
+		if err == io.EOF || err == io.ErrUnexpectedEOF {
 			break
 		}
 		if err != nil {
-			return "", n, err
+			return "", n, data, err
 		}
 	}
-	return hex.EncodeToString(h.Sum(nil)), n, nil
+	return hex.EncodeToString(h.Sum(nil)), n, data, nil
 }

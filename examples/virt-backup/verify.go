@@ -62,16 +62,24 @@ func verifyDomain(ctx context.Context, src string, dm *virt.DomainMetadata, prog
 		if err != nil {
 			return fail(err)
 		}
-		if err := checkStored(ctx, p, k.Stored); err != nil {
-			return fail(fmt.Errorf("disk %s: %w", k.Target, err))
-		}
 		dr := diskResult{Target: k.Target, Source: k.Source, File: k.Stored.File, Size: k.Size, StoredBytes: k.Stored.Size, SHA256: k.SHA256}
 		if k.Compression == virt.CompressionNone {
-			// The stored file is the content: its checksum was the check.
+			// The stored file is the content: one sparse read checks it
+			// (holes read as zeros) and counts its data.
 			if k.Stored.SHA256 != k.SHA256 || k.Stored.Size != k.Size {
 				return fail(fmt.Errorf("disk %s: %w: stored file and content checksums differ for an uncompressed image", k.Target, virt.ErrCorruptMetadata))
 			}
+			prog.begin(fmt.Sprintf("%s %s", dm.Name, k.Target))
+			data, err := checkStoredSparse(ctx, p, k.Stored, prog.update)
+			prog.end()
+			if err != nil {
+				return fail(fmt.Errorf("disk %s: %w", k.Target, err))
+			}
+			dr.DataBytes = data
 		} else {
+			if err := checkStored(ctx, p, k.Stored); err != nil {
+				return fail(fmt.Errorf("disk %s: %w", k.Target, err))
+			}
 			in, err := openNoFollow(p)
 			if err != nil {
 				return fail(err)
@@ -83,7 +91,7 @@ func verifyDomain(ctx context.Context, src string, dm *virt.DomainMetadata, prog
 				return fail(fmt.Errorf("disk %s: %w", k.Target, err))
 			}
 			prog.begin(fmt.Sprintf("%s %s", dm.Name, k.Target))
-			h, n, err := hashStream(ctx, zr, k.Size, prog.update)
+			h, n, data, err := hashStream(ctx, zr, k.Size, prog.update)
 			prog.end()
 			in.Close()
 			if err != nil {
@@ -95,9 +103,36 @@ func verifyDomain(ctx context.Context, src string, dm *virt.DomainMetadata, prog
 			if h != k.SHA256 {
 				return fail(fmt.Errorf("disk %s: %w: content SHA-256 %s, the metadata says %s", k.Target, virt.ErrChecksum, h, k.SHA256))
 			}
+			dr.DataBytes = data
 		}
 		res.Disks = append(res.Disks, dr)
 	}
 	res.OK = true
 	return res
+}
+
+// checkStoredSparse verifies an uncompressed stored image's length and
+// SHA-256 without reading its holes, and returns the bytes in its data
+// extents.
+func checkStoredSparse(ctx context.Context, path string, f virt.StoredFile, progress func(done, total int64)) (int64, error) {
+	in, err := openNoFollow(path)
+	if err != nil {
+		return 0, err
+	}
+	defer in.Close()
+	fi, err := in.Stat()
+	if err != nil {
+		return 0, err
+	}
+	if fi.Size() != f.Size {
+		return 0, fmt.Errorf("%w: %s is %d bytes, the metadata says %d (truncated or replaced?)", virt.ErrSize, f.File, fi.Size(), f.Size)
+	}
+	dg, err := virt.Copier{Progress: progress}.Hash(ctx, in, f.Size)
+	if err != nil {
+		return 0, err
+	}
+	if dg.SHA256 != f.SHA256 {
+		return 0, fmt.Errorf("%w: %s has SHA-256 %s, the metadata says %s", virt.ErrChecksum, f.File, dg.SHA256, f.SHA256)
+	}
+	return dg.DataBytes, nil
 }

@@ -38,6 +38,8 @@ TARGET is nbd://HOST[:PORT]/EXPORT, nbd+unix:///EXPORT?socket=PATH, or a
 local image file, created sparse and served through the embedded NBD
 server. A frozen ext4 image needs its journal replayed to mount read-write;
 for a read-only look: mount -o ro,noload (ext4), -o ro,norecovery (XFS).
+While the source XFS is mounted, add nouuid: XFS refuses a second mount of
+the same UUID.
 
 Example:
   sudo linuxagent backup /dev/sdb1 --to /backup/sdb1.img
@@ -168,8 +170,10 @@ func printResult(w io.Writer, req agentapi.BackupRequest, r agentapi.Result) {
 	}
 	fmt.Fprintf(w, "  %d passes (%s), %s sent\n", r.Passes, conv, human(r.BytesSent))
 	switch {
-	case r.Frozen:
+	case r.Frozen && r.MapFreezeWindow > 0:
 		fmt.Fprintf(w, "  frozen for %v (and %v to read the allocation maps)\n", r.FreezeWindow.Round(time.Microsecond), r.MapFreezeWindow.Round(time.Microsecond))
+	case r.Frozen:
+		fmt.Fprintf(w, "  frozen for %v\n", r.FreezeWindow.Round(time.Microsecond))
 	case r.Consistent:
 		fmt.Fprintln(w, "  not mounted: copied without a freeze")
 	}

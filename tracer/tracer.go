@@ -158,6 +158,12 @@ var (
 // the pause-on-trace option for the time of the trace, because with it
 // set, merely reading the trace file stops recording without a counter.
 //
+// What cannot be seen: a tool that switches tracing_on off and on again,
+// or swaps the snapshot buffer twice, between two checks (every poll
+// interval and every Flush) leaves no counter behind. Start refuses while
+// another tool uses ftrace; a tool that starts later finds current_tracer
+// set to blk.
+//
 // Several Tracers in one process share one ftrace session (one tracer,
 // one ring, one reader per CPU dispatching events by disk); the first
 // Start sets it up, the last Stop restores the settings.

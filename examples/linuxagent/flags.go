@@ -6,10 +6,12 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 
 	"github.com/blockimage/blockimage/examples/linuxagent/internal/agent"
 	"github.com/blockimage/blockimage/examples/linuxagent/internal/agentapi"
@@ -88,12 +90,20 @@ func (d *daemonFlags) addr() string {
 // or the token is unreadable.
 func (d *daemonFlags) client(ctx context.Context) (*agentapi.Client, error) {
 	tok, err := agentapi.ReadToken(d.token())
-	if err != nil {
-		return nil, fmt.Errorf("%w (is the daemon running? start it with 'linuxagent daemon')", err)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return nil, fmt.Errorf("no daemon is running with state directory %s (there is no %s); start one with 'linuxagent daemon'", d.stateDir, d.token())
+	case errors.Is(err, fs.ErrPermission):
+		return nil, fmt.Errorf("%w: talking to the daemon needs root", err)
+	case err != nil:
+		return nil, err
 	}
 	c := agentapi.NewClient(d.addr(), tok)
 	if _, err := c.Devices(ctx); err != nil {
-		return nil, fmt.Errorf("no daemon answers on %s: %w", d.socket, err)
+		if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) {
+			return nil, fmt.Errorf("no daemon is running: nothing answers on %s; start one with 'linuxagent daemon'", d.socket)
+		}
+		return nil, fmt.Errorf("the daemon on %s: %w", d.socket, err)
 	}
 	return c, nil
 }

@@ -96,3 +96,29 @@ func TestParseRate(t *testing.T) {
 		}
 	}
 }
+
+// Without a daemon, the commands that need one say so plainly.
+func TestNoDaemon(t *testing.T) {
+	dir := t.TempDir()
+	for _, args := range [][]string{
+		{"status"},
+		{"cancel", "/dev/sdb1"},
+		{"track", "/dev/sdb1"},
+		{"backup", "/dev/sdb1", "--to", filepath.Join(dir, "x.img"), "--mode", "incremental"},
+	} {
+		var out, errb bytes.Buffer
+		args = append(args, "--state-dir", dir, "--socket", filepath.Join(dir, "sock"))
+		if code := run(context.Background(), args, &out, &errb); code != 1 || !strings.Contains(errb.String(), "no daemon is running") {
+			t.Errorf("%v: exit %d, stderr %q; want 1 and 'no daemon is running'", args, code, errb.String())
+		}
+		// A token from an earlier run, but no daemon on the socket.
+		if err := os.WriteFile(filepath.Join(dir, "token"), []byte("abc\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		errb.Reset()
+		if code := run(context.Background(), args, &out, &errb); code != 1 || !strings.Contains(errb.String(), "nothing answers on") {
+			t.Errorf("%v with a stale token: exit %d, stderr %q", args, code, errb.String())
+		}
+		os.Remove(filepath.Join(dir, "token"))
+	}
+}

@@ -85,10 +85,13 @@ func (m *markers) write(cpus []int, gen uint64) ([]int, error) {
 			var set unix.CPUSet
 			set.Set(cpu)
 			if err := unix.SchedSetaffinity(0, &set); err != nil {
-				if err == unix.EINVAL {
+				if err == unix.EINVAL && !cpuOnline(cpu) {
 					errs[i] = errOffline
 					return
 				}
+				// An online CPU outside our cpuset (a container, taskset)
+				// still runs writers: without a marker there, the barrier
+				// would rest on the drain alone.
 				errs[i] = fmt.Errorf("pin to cpu%d: %w", cpu, err)
 				return
 			}
@@ -112,6 +115,32 @@ func (m *markers) write(cpus []int, gen uint64) ([]int, error) {
 }
 
 var errOffline = errors.New("cpu offline")
+
+// cpuOnline reports whether cpu is in /sys/devices/system/cpu/online
+// (per_cpu holds a directory for every possible CPU, present or not).
+func cpuOnline(cpu int) bool {
+	s, err := readSysString("/sys/devices/system/cpu/online")
+	if err != nil {
+		return true // cannot tell: the barrier must not skip it
+	}
+	return inCPUList(s, cpu)
+}
+
+// inCPUList reports whether cpu is in a list such as "0-3,5".
+func inCPUList(list string, cpu int) bool {
+	for _, r := range strings.Split(list, ",") {
+		lo, hi, isRange := strings.Cut(r, "-")
+		a, err1 := strconv.Atoi(lo)
+		b, err2 := a, error(nil)
+		if isRange {
+			b, err2 = strconv.Atoi(hi)
+		}
+		if err1 == nil && err2 == nil && a <= cpu && cpu <= b {
+			return true
+		}
+	}
+	return false
+}
 
 // observe looks at a print event parsed on cpu and records our marker.
 func (m *markers) observe(cpu int, data []byte) {

@@ -205,3 +205,31 @@ func readersOf(t *testing.T, dir string) []string {
 	}
 	return cpus
 }
+
+func TestInCPUList(t *testing.T) {
+	for _, tc := range []struct {
+		list string
+		cpu  int
+		want bool
+	}{
+		{"0-1", 0, true}, {"0-1", 1, true}, {"0-1", 2, false},
+		{"0,2-3,7", 3, true}, {"0,2-3,7", 1, false}, {"0,2-3,7", 7, true}, {"", 0, false},
+	} {
+		if got := inCPUList(tc.list, tc.cpu); got != tc.want {
+			t.Errorf("inCPUList(%q, %d) = %v", tc.list, tc.cpu, got)
+		}
+	}
+}
+
+func TestParseCPUMask(t *testing.T) {
+	m, err := parseCPUMask("00000001,80000003")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(m) != 1 || m[0] != 1<<32|1<<31|3 {
+		t.Fatalf("mask %x", m)
+	}
+	if _, err := parseCPUMask("xyz"); err == nil {
+		t.Fatal("bad mask accepted")
+	}
+}

@@ -70,10 +70,12 @@ without it every domain of the hypervisor is backed up.
 // backup backs up every selected domain into o.dest. It returns true when
 // nothing could be done (s.Error says why); per-domain failures are in s.
 func backup(ctx context.Context, o backupOptions, s *summary) (fatal bool) {
-	if err := os.MkdirAll(o.dest, 0o755); err != nil {
+	cleanup, err := mkdirOwned(o.dest)
+	if err != nil {
 		s.Error = err.Error()
 		return true
 	}
+	defer cleanup()
 	metaPath := filepath.Join(o.dest, virt.MetadataFile)
 	if _, err := os.Lstat(metaPath); err == nil {
 		s.Error = fmt.Sprintf("%s already holds a backup (%s); choose an empty directory", o.dest, virt.MetadataFile)
@@ -582,4 +584,19 @@ func writeNew(path string, data []byte) error {
 		return err
 	}
 	return f.Close()
+}
+
+// mkdirOwned creates dir (and its parents) when missing, and returns a
+// function that removes dir again if this call created it and it is still
+// empty, so that a run that wrote nothing leaves no directory behind.
+func mkdirOwned(dir string) (cleanup func(), err error) {
+	_, serr := os.Lstat(dir)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return func() {}, err
+	}
+	if !os.IsNotExist(serr) {
+		return func() {}, nil
+	}
+	// os.Remove fails on a directory that is not empty: nothing is lost.
+	return func() { _ = os.Remove(dir) }, nil
 }

@@ -96,10 +96,12 @@ func restore(ctx context.Context, o restoreOptions, s *summary) (fatal bool) {
 	}
 	doms, missing := selectDomains(m, o.names)
 	s.Domains = append(s.Domains, missing...)
-	if err := os.MkdirAll(o.dest, 0o755); err != nil {
+	cleanup, err := mkdirOwned(o.dest)
+	if err != nil {
 		s.Error = err.Error()
 		return true
 	}
+	defer cleanup()
 	dest, err := filepath.Abs(o.dest)
 	if err != nil {
 		s.Error = err.Error()

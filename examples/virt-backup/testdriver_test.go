@@ -120,3 +120,27 @@ func TestTestDriverUnsupportedDisk(t *testing.T) {
 		t.Fatalf("refused backup left %v", left)
 	}
 }
+
+// TestNothingDoneLeavesNoDirectory: a backup that wrote nothing (no such
+// domain, hypervisor unreachable) does not leave behind the destination
+// directory it created; one that existed is kept.
+func TestNothingDoneLeavesNoDirectory(t *testing.T) {
+	uri := testDriverURI(t)
+	dest := filepath.Join(t.TempDir(), "new", "backup")
+	s := runInProcess(t, exitFailed, "backup", "--hypervisor-uri", uri, "--destination-path", dest, "--domain-names", "no-such-domain")
+	if len(s.Domains) != 1 || s.Domains[0].OK {
+		t.Fatalf("summary: %+v", s)
+	}
+	if _, err := os.Lstat(dest); !os.IsNotExist(err) {
+		t.Fatalf("backup of no domain left %s: %v", dest, err)
+	}
+	runInProcess(t, exitFatal, "backup", "--hypervisor-uri", "test:///no/such/node.xml", "--destination-path", dest)
+	if _, err := os.Lstat(dest); !os.IsNotExist(err) {
+		t.Fatalf("backup without a hypervisor left %s: %v", dest, err)
+	}
+	existing := t.TempDir()
+	runInProcess(t, exitFailed, "backup", "--hypervisor-uri", uri, "--destination-path", existing, "--domain-names", "no-such-domain")
+	if _, err := os.Lstat(existing); err != nil {
+		t.Fatalf("backup removed a directory it did not create: %v", err)
+	}
+}

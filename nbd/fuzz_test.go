@@ -12,12 +12,20 @@ import (
 )
 
 // fakeConn is a net.Conn whose peer's bytes are fixed: what the client
-// writes is discarded.
+// writes is discarded. Reads block until gate (if set) is closed, so that a test can
+// register its requests before any reply is read (a real server cannot
+// answer a request before it was sent).
 type fakeConn struct {
-	r io.Reader
+	r    io.Reader
+	gate chan struct{}
 }
 
-func (f *fakeConn) Read(p []byte) (int, error)       { return f.r.Read(p) }
+func (f *fakeConn) Read(p []byte) (int, error) {
+	if f.gate != nil {
+		<-f.gate
+	}
+	return f.r.Read(p)
+}
 func (f *fakeConn) Write(p []byte) (int, error)      { return len(p), nil }
 func (f *fakeConn) Close() error                     { return nil }
 func (f *fakeConn) LocalAddr() net.Addr              { return &net.UnixAddr{} }
@@ -49,7 +57,8 @@ func fuzzRequests(t testing.TB, structured bool, stream []byte) []error {
 	info := &exportInfo{structured: structured, contexts: map[string]uint32{"base:allocation": 7}}
 	o := Options{MaxInFlight: 8, Timeout: -1}
 	o.setDefaults()
-	c := newConn(&fakeConn{r: bytes.NewReader(stream)}, info, &o)
+	gate := make(chan struct{})
+	c := newConn(&fakeConn{r: bytes.NewReader(stream), gate: gate}, info, &o)
 	reqs := []*request{
 		{cmd: cmdRead, off: 4096, length: 4096, dst: make([]byte, 4096)},
 		{cmd: cmdBlockStatus, off: 0, length: 65536, ctxID: 7},
@@ -64,11 +73,14 @@ func fuzzRequests(t testing.TB, structured bool, stream []byte) []error {
 		if r.cmd == cmdWrite {
 			payload = make([]byte, 512)
 		}
-		// The stream may break the connection before every request is
-		// sent.
+		// Nothing is read before the gate opens, so every start should
+		// succeed; keep the error anyway rather than assume it.
 		errs[i] = c.start(ctx, r, 0, payload)
 		started[i] = errs[i] == nil
 	}
+	// Only now may the "server" answer: before, the reader could see a
+	// reply to a cookie not yet issued and fail the connection.
+	close(gate)
 	var wg sync.WaitGroup
 	for i, r := range reqs {
 		if !started[i] {

@@ -285,6 +285,9 @@ func backupDomain(ctx context.Context, conn *virt.Conn, d *virt.Domain, o backup
 		}
 		if o.leaveStopped {
 			keep = savPath
+			// Say how to bring it back: a transient guest is not even
+			// listed any more.
+			res.Warnings = append(res.Warnings, fmt.Sprintf("left stopped (--leave-stopped); resume it with 'virsh restore %s'", abs))
 		} else if err := conn.Restore(ctx, abs, "", false); err != nil {
 			keep = savPath
 			res.Warnings = append(res.Warnings, fmt.Sprintf("the guest could not be resumed: %v; run 'virsh restore %s'", err, abs))

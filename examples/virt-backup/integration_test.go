@@ -107,7 +107,11 @@ func TestBackupRestore(t *testing.T) {
 	// --leave-stopped: the guest stays off, its memory in the backup.
 	stopped := filepath.Join(work, "stopped")
 	r = runOK(t, exitOK, "backup", "--destination-path", stopped, "--domain-names", run2.Name, "--leave-stopped", "--json")
-	if d := r.domain(t, run2.Name); !d.OK || d.State != "shutoff" || d.DowntimeSeconds != 0 {
+	savAbs, err := filepath.Abs(filepath.Join(stopped, run2.Name+".sav"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := r.domain(t, run2.Name); !d.OK || d.State != "shutoff" || d.DowntimeSeconds != 0 || !strings.Contains(strings.Join(d.Warnings, "\n"), "virsh restore "+savAbs) {
 		t.Fatalf("--leave-stopped summary: %+v", d)
 	}
 	if s := state(t, run2.Name); s != "shut off" {

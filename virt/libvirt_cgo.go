@@ -246,6 +246,17 @@ func (d *Domain) State(ctx context.Context) (DomainState, error) {
 	return StateNoState, nil
 }
 
+// HasManagedSave reports whether the domain has a managed save image
+// (virDomainHasManagedSaveImage): memory that `virsh start` resumes from,
+// kept by libvirt outside the domain's disks.
+func (d *Domain) HasManagedSave() (bool, error) {
+	ok, err := d.d.HasManagedSaveImage(0)
+	if err != nil {
+		return false, fmt.Errorf("virt: %s: managed save: %w", d.name, err)
+	}
+	return ok, nil
+}
+
 // Persistent reports whether the domain is defined (not transient).
 func (d *Domain) Persistent() (bool, error) {
 	p, err := d.d.IsPersistent()

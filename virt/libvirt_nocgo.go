@@ -61,6 +61,9 @@ func (d *Domain) UUID() (string, error) { return "", ErrUnavailable }
 // State returns ErrUnavailable.
 func (d *Domain) State(ctx context.Context) (DomainState, error) { return "", ErrUnavailable }
 
+// HasManagedSave returns ErrUnavailable.
+func (d *Domain) HasManagedSave() (bool, error) { return false, ErrUnavailable }
+
 // Persistent returns ErrUnavailable.
 func (d *Domain) Persistent() (bool, error) { return false, ErrUnavailable }
 

@@ -310,6 +310,11 @@ func backupDomain(ctx context.Context, conn *virt.Conn, d *virt.Domain, o backup
 		}
 		dm.Memory = &virt.StoredFile{File: savName, Size: size, SHA256: h}
 	} else {
+		// A managed save is memory libvirt keeps outside the disks: the
+		// disks match it, not a clean shutdown, and it is not backed up.
+		if ms, err := d.HasManagedSave(); err == nil && ms {
+			res.Warnings = append(res.Warnings, "the domain has a managed save image (its memory, from 'virsh managedsave'), which is not backed up: the restored guest boots from disks of a system that did not shut down; 'virsh start' it before the backup so that its memory is saved with it")
+		}
 		for _, p := range plan {
 			dr, dk, err := copyDisk(ctx, o, name, p, "")
 			if err != nil {

@@ -66,3 +66,25 @@ func TestBackupSignalResumesGuest(t *testing.T) {
 		}
 	}
 }
+
+// TestBackupManagedSaveWarns backs up a guest stopped with `virsh
+// managedsave`: its disks match memory that libvirt keeps elsewhere and
+// the backup does not hold, which the summary must say.
+func TestBackupManagedSaveWarns(t *testing.T) {
+	testenv.Require(t, testenv.Root, testenv.Libvirtd)
+	work := testenv.TempDir(t)
+	g := testenv.DefineGuest(t, testenv.GuestOptions{})
+	g.Start(t)
+	testenv.Virsh(t, "managedsave", g.Name)
+	r := runOK(t, exitOK, "backup", "--destination-path", filepath.Join(work, "b"), "--domain-names", g.Name, "--json")
+	d := r.domain(t, g.Name)
+	if !d.OK || d.Running || !strings.Contains(strings.Join(d.Warnings, "\n"), "managed save image") {
+		t.Fatalf("backup of a managed-saved guest: %+v", d)
+	}
+	// A guest shut off cleanly has no such warning.
+	off := testenv.DefineGuest(t, testenv.GuestOptions{})
+	r = runOK(t, exitOK, "backup", "--destination-path", filepath.Join(work, "c"), "--domain-names", off.Name, "--json")
+	if d := r.domain(t, off.Name); !d.OK || len(d.Warnings) != 0 {
+		t.Fatalf("backup of a shut-off guest: %+v", d)
+	}
+}

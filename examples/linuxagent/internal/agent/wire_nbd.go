@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"sync"
 	"time"
 
@@ -37,18 +38,24 @@ type nbdTarget struct {
 // meanwhile, so the tracer has it pending for a later pass anyway. A diff
 // reads the target too, over the same single connection (diffTarget).
 func dialNBD(ctx context.Context, uri string, src io.ReaderAt, diff bool) (Target, error) {
+	var t Target
+	var err error
 	if diff {
-		return dialDiffTarget(ctx, uri, src)
+		t, err = dialDiffTarget(ctx, uri, src)
+	} else {
+		o := nbd.SinkOptions{MaxUnflushed: sinkMemory}
+		if src != nil {
+			o.Source = src
+		}
+		var s *nbd.Sink
+		if s, err = nbd.NewSink(ctx, uri, o); err == nil {
+			t = &nbdTarget{sink: s}
+		}
 	}
-	o := nbd.SinkOptions{MaxUnflushed: sinkMemory}
-	if src != nil {
-		o.Source = src
+	if errors.Is(err, nbd.ErrUnsupported) && strings.Contains(err.Error(), "FLUSH") {
+		err = fmt.Errorf("%w (nbd-server needs 'flush = true' in the export's section; qemu-nbd and nbdkit offer FLUSH)", err)
 	}
-	s, err := nbd.NewSink(ctx, uri, o)
-	if err != nil {
-		return nil, err
-	}
-	return &nbdTarget{sink: s}, nil
+	return t, err
 }
 
 func (t *nbdTarget) WriteAt(ctx context.Context, p []byte, off int64) error {
@@ -105,7 +112,19 @@ type diffTarget struct {
 func dialDiffTarget(ctx context.Context, uri string, src io.ReaderAt) (Target, error) {
 	t := &diffTarget{c: &nbdConn{uri: uri}, src: src}
 	t.c.reconnected = t.resend
-	if _, err := t.c.client(ctx); err != nil {
+	c, err := t.c.client(ctx)
+	if err != nil {
+		return nil, err
+	}
+	// The checks nbd.NewSink makes for a full backup.
+	switch {
+	case c.Flags()&nbd.FlagReadOnly != 0:
+		err = fmt.Errorf("nbd: export is read-only: %w", nbd.ErrUnsupported)
+	case c.Flags()&nbd.FlagSendFlush == 0:
+		err = fmt.Errorf("nbd: export does not support FLUSH, so nothing written could be known durable: %w", nbd.ErrUnsupported)
+	}
+	if err != nil {
+		t.c.Close()
 		return nil, err
 	}
 	return t, nil

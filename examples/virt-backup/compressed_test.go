@@ -129,7 +129,10 @@ func truncatedXZ(t *testing.T, work, backupDir, name string) {
 // with virsh restore, as a user would.
 func restoreCompressed(t *testing.T, work, backupDir string, g *testenv.Guest) {
 	dest := filepath.Join(work, "restored-xz")
-	runOK(t, exitOK, "restore", "--source-path", backupDir, "--destination-path", dest, "--json")
+	r := runOK(t, exitOK, "restore", "--source-path", backupDir, "--destination-path", dest, "--json")
+	if d := r.domain(t, g.Name); !strings.Contains(strings.Join(d.Warnings, "\n"), "virsh restore "+filepath.Join(dest, g.Name+".sav")) {
+		t.Fatalf("restore without --allow-autorun does not say how to resume the guest: %+v", d)
+	}
 	if s := state(t, g.Name); s != "shut off" {
 		t.Fatalf("restored without --allow-autorun: %q", s)
 	}

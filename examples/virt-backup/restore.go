@@ -236,6 +236,8 @@ func restoreDomain(ctx context.Context, conn *virt.Conn, dm *virt.DomainMetadata
 		if err := conn.Restore(ctx, savPath, "", false); err != nil {
 			return fail(err)
 		}
+	} else if savPath != "" {
+		res.Warnings = append(res.Warnings, fmt.Sprintf("was running at backup time: resume it from its memory with 'virsh restore %s' ('virsh start' boots it afresh)", savPath))
 	}
 	if st, err := defined.State(ctx); err == nil {
 		res.State = string(st)

@@ -220,6 +220,23 @@ func TestHandshake(t *testing.T) {
 	if info.size != 1<<30 || !info.structured || info.minBlock != 512 || info.maxPayload != 1<<20 || info.contexts["base:allocation"] != 1 {
 		t.Fatalf("bad info %+v", info)
 	}
+	// A meta context name beyond the protocol's 4096-byte strings.
+	long := be.AppendUint64(nil, magicNBD)
+	long = be.AppendUint64(long, magicOpt)
+	long = be.AppendUint16(long, flagFixedNewstyle|flagNoZeroes)
+	for _, r := range []struct {
+		opt, typ uint32
+		data     []byte
+	}{{optStructured, repAck, nil}, {optSetMetaContext, repMetaContext, append([]byte{0, 0, 0, 1}, bytes.Repeat([]byte{'a'}, 60000)...)}} {
+		long = be.AppendUint64(long, magicOptReply)
+		long = be.AppendUint32(long, r.opt)
+		long = be.AppendUint32(long, r.typ)
+		long = be.AppendUint32(long, uint32(len(r.data)))
+		long = append(long, r.data...)
+	}
+	if _, err := runHandshake(t, long); !errors.Is(err, ErrProtocol) {
+		t.Fatalf("meta context name of 60000 bytes: %v", err)
+	}
 	seed := handshakeSeed()
 	for i := 0; i < len(seed); i += 7 {
 		if _, err := runHandshake(t, seed[:i]); err == nil {

@@ -249,8 +249,11 @@ func (h *haggler) setMetaContext(export string, queries []string) (map[string]ui
 		case repAck:
 			return ctxs, nil
 		case repMetaContext:
-			if len(data) < 4 || i > len(queries)+1024 {
-				return nil, protoErr("bad meta context reply")
+			// The protocol limits strings to 4096 bytes: with at most
+			// len(queries)+1024 replies, a hostile server makes us hold
+			// a few MiB of names, not 64 KiB each.
+			if len(data) < 4 || len(data) > 4+4096 || i > len(queries)+1024 {
+				return nil, protoErr("bad meta context reply of %d bytes", len(data))
 			}
 			ctxs[string(data[4:])] = be.Uint32(data[0:])
 		default:

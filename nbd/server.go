@@ -15,7 +15,10 @@ import (
 // context base:allocation), then concurrent READ, WRITE (FUA), FLUSH,
 // TRIM, WRITE_ZEROES and BLOCK_STATUS. A bad request gets an error reply
 // and the connection stays in sync; only a request with a bad magic (the
-// stream cannot be trusted) closes it.
+// stream cannot be trusted) closes it. Overlapping writes (WRITE, TRIM,
+// WRITE_ZEROES) take effect in the order they were read, across all
+// connections, so that a write left running for a connection the client
+// gave up on cannot land after the data it rewrote on a new connection.
 type Server struct {
 	// Backend stores the data. Required.
 	Backend Backend
@@ -40,6 +43,8 @@ type Server struct {
 	Workers int
 	// ErrorLog receives connection errors; default none.
 	ErrorLog func(error)
+
+	order writeOrder
 }
 
 // Serve accepts connections on l until ctx ends (then it closes l and every

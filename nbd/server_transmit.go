@@ -85,10 +85,22 @@ func (sc *serverConn) transmit() error {
 			mem.acquire(int64(req.length))
 			req.mem = int64(req.length)
 		}
+		// Register writes in the order they were read, before their
+		// handler runs: see writeOrder.
+		var ow *orderedWrite
+		var before []*orderedWrite
+		switch req.cmd {
+		case cmdWrite, cmdTrim, cmdWriteZeroes:
+			ow, before = sc.s.order.start(int64(req.off), int64(req.length))
+		}
 		sem <- struct{}{}
 		wg.Add(1)
 		go func() {
 			defer func() { mem.release(req.mem); <-sem; wg.Done() }()
+			if ow != nil {
+				sc.s.order.wait(before)
+				defer sc.s.order.finish(ow)
+			}
 			sc.handle(send, &req)
 		}()
 		if werr := func() error { wmu.Lock(); defer wmu.Unlock(); return werr }(); werr != nil {

@@ -97,11 +97,25 @@ func (o *SinkOptions) setDefaults() {
 // Durable (and OnDurable) report exactly the extents a successful FLUSH
 // covered.
 //
-// NBD has no fencing: a write still queued in the server for a connection
-// that broke can land after the sink resent newer data for the same blocks
-// on the next connection. Backups that rewrite blocks (converging copies)
-// should Flush before rewriting a block they wrote just before a
-// reconnect, or verify; each block written once is never affected.
+// NBD has no fencing. When a connection breaks, the sink closes its socket
+// (healthy sibling connections get NBD_CMD_DISC, and the sink waits, a few
+// seconds at most, until the server closes them; our Server closes only
+// after finishing the requests in flight, qemu-nbd at once), backs off at
+// least BackoffMin, reconnects and resends. A write the server had already
+// read from the broken connection may still be running then: qemu-nbd
+// keeps executing such requests while it accepts the next connection (it
+// drops requests still unread in the old socket). Such a stale write carries
+// the data the sink resends for the same blocks, so it is harmless, unless
+// the caller writes different data to those blocks after the reconnect
+// (or had a newer write to them queued behind it): then the stale data can
+// land last, after a FLUSH reported the newer data durable. A FLUSH does
+// not prevent this: it covers completed writes only, on multi-conn
+// exports too. Our [Server] orders overlapping writes across connections
+// in the order it read them, which closes that window; with other servers
+// the window is the server's I/O time against the backoff and handshake.
+// Backups that rewrite blocks (converging copies) against other servers
+// should verify the rewritten blocks after a reconnect ([Sink.Reconnects]
+// tells); each block written once is never affected.
 //
 // A Sink is safe for concurrent use, but its calls are serialised.
 type Sink struct {

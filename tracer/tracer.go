@@ -111,6 +111,9 @@ var (
 //  2. With ftrace, Flush then writes a marker into every CPU's ring, with
 //     trace_marker from a thread pinned to that CPU. A CPU's ring is FIFO:
 //     everything committed on it before the marker precedes the marker.
+//     Offline CPUs get no marker (they write nothing new; the drain reads
+//     what their rings hold); an online CPU outside the process's cpuset
+//     cannot be pinned to, and Flush fails rather than trust the drain.
 //  3. Flush asks every CPU's reader for a drain that starts after the
 //     request (non-blocking reads until the kernel has nothing), and
 //     repeats until each reader has parsed its CPU's marker. Each page is

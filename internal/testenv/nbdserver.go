@@ -132,6 +132,9 @@ func (s *NBD) kill() {
 	if s.daemon != 0 {
 		killDaemon(s.daemon)
 		s.daemon = 0
+		// A killed nbd-server leaves its PID file: Restart would read
+		// the dead daemon's PID from it and lose track of the new one.
+		os.Remove(filepath.Join(s.dir, "nbd-server.pid"))
 	}
 	if s.cmd == nil || s.cmd.Process == nil {
 		return

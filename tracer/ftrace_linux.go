@@ -81,6 +81,7 @@ type ftraceSub struct {
 	dev      *blockDevice
 	set      *Set
 	stopOnce sync.Once
+	stopping atomic.Bool // its disk's enable may be 0 on purpose
 }
 
 func startFtrace(ctx context.Context, d *blockDevice, set *Set, o Options) (*ftraceSub, error) {
@@ -279,6 +280,7 @@ func (u *ftraceSub) stop() error {
 		sessionMu.Lock()
 		defer sessionMu.Unlock()
 		f := u.s
+		u.stopping.Store(true)
 		f.disks[u.dev.disk]--
 		if f.disks[u.dev.disk] == 0 {
 			delete(f.disks, u.dev.disk)

@@ -187,6 +187,9 @@ func (f *ftraceSession) checkSettingsLocked() {
 	defer f.subsMu.RUnlock()
 	for _, l := range f.subs {
 		for _, u := range l {
+			if u.stopping.Load() {
+				continue
+			}
 			if en, err := readSysString(filepath.Join(u.dev.diskSys, "trace", "enable")); err != nil || en != "1" {
 				u.set.MarkIncomplete("blktrace of " + u.dev.disk + " disabled by someone else")
 			}

@@ -76,6 +76,9 @@ func TestTwoDevicesShareTheSession(t *testing.T) {
 	if en, _ := readSysString(filepath.Join("/sys/block", filepath.Base(a.Path), "trace", "enable")); en != "0" {
 		t.Errorf("trace/enable of a is %q after its Stop", en)
 	}
+	if _, why := ta.Set().Complete(); strings.Contains(why, "someone else") {
+		t.Errorf("a's own Stop blamed on another tool: %s", why)
+	}
 	writeDirect(t, b.Path, 9<<20, 4096)
 	nb, err = tb.Cut(ctx)
 	if err != nil {

@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
+	"path/filepath"
 	"sync"
 	"syscall"
 	"testing"
@@ -262,13 +263,14 @@ func TestNetworkFaultsDuringDiffBackup(t *testing.T) {
 	const size = 256 << 20
 	dev := testenv.NewFilesystem(t, "ext4", size)
 	testenv.FillFiles(t, dev.MountPoint, testenv.FillOptions{Seed: 2, Files: 16, MaxSize: 8 << 20})
-	srv := testenv.StartNBD(t, testenv.QemuNBD, testenv.NBDOptions{Size: size})
-	if _, err := System.Run(context.Background(), Backup{Request: backupRequest(dev.Path, srv.URI)}); err != nil {
+	base := filepath.Join(t.TempDir(), "base.img")
+	if _, err := System.Run(context.Background(), Backup{Request: backupRequest(dev.Path, base)}); err != nil {
 		t.Fatalf("full backup: %v", err)
 	}
 	// Change a part of the filesystem, then diff through the faults.
 	testenv.FillFiles(t, dev.MountPoint, testenv.FillOptions{Seed: 3, Files: 8, MaxSize: 4 << 20})
 	dev.Unmount(t)
+	srv := testenv.StartNBD(t, testenv.QemuNBD, testenv.NBDOptions{Image: base})
 	proxy := newCuttingProxy(t, srv.Address, 5, 2, 2<<20, 12<<20)
 	proxy.replies = true
 	req := backupRequest(dev.Path, proxy.uri())

@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"testing"
 
 	"github.com/blockimage/blockimage/blockdev"
@@ -70,6 +71,13 @@ func TestBinaryBackupAndRestore(t *testing.T) {
 	}
 	if res.Mode != agentapi.Full || !res.Consistent || !res.Frozen || res.Filesystem != "ext4" || res.BytesSent >= dev.Size {
 		t.Fatalf("backup result %+v", res)
+	}
+
+	// The loop device's backing file, while the loop device is mounted,
+	// would be copied unfrozen as it changes: refused, naming the device.
+	cmd := exec.Command(bin, "backup", dev.Image, "--to", filepath.Join(dir, "file.img"), "--state-dir", state)
+	if out, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(out), "back up "+dev.Path+" instead") {
+		t.Errorf("backup of a mounted loop device's backing file: %v, output %q", err, out)
 	}
 
 	restored := filepath.Join(dir, "restored.img")

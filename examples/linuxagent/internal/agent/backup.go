@@ -97,6 +97,14 @@ func (p *Platform) Run(ctx context.Context, b Backup) (res agentapi.Result, err 
 			return res, fmt.Errorf("linuxagent: mounts of %s: %w", req.Device, err)
 		}
 		mounted = len(ms) > 0
+	} else if p.Mounts != nil {
+		// An image behind a mounted loop device changes under the copy
+		// and cannot be frozen as a file: the loop device can.
+		for _, loop := range loopDevicesOf(req.Device) {
+			if ms, err := p.Mounts(loop); err == nil && len(ms) > 0 {
+				return res, fmt.Errorf("linuxagent: %s backs %s, which is mounted on %s: back up %s instead, so that it is frozen", req.Device, loop, ms[0].MountPoint, loop)
+			}
+		}
 	}
 	if !IsNBDURI(req.Target) {
 		if err := checkTargetOutside(req.Target, req.Device); err != nil {

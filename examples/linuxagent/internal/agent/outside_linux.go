@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"golang.org/x/sys/unix"
 )
@@ -52,4 +53,24 @@ func sameFile(a, b string) (bool, error) {
 		return false, err
 	}
 	return os.SameFile(sa, sb), nil
+}
+
+// loopDevicesOf returns the loop devices whose backing file is image.
+func loopDevicesOf(image string) []string {
+	st, err := os.Stat(image)
+	if err != nil {
+		return nil
+	}
+	files, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
+	var out []string
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		if bst, err := os.Stat(strings.TrimSpace(string(data))); err == nil && os.SameFile(st, bst) {
+			out = append(out, "/dev/"+filepath.Base(filepath.Dir(filepath.Dir(f))))
+		}
+	}
+	return out
 }

@@ -240,7 +240,7 @@ Example:
 `
 
 func cmdRestore(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	fs := newFlags("restore", "restore --from TARGET DEVICE_OR_FILE [--force]", restoreAbout, stderr)
+	fs := newFlags("restore", "restore --from TARGET DEVICE_OR_FILE [--force] [--quiet]", restoreAbout, stderr)
 	from := fs.String("from", "", "the backup image: an NBD URI or a local file (required)")
 	force := fs.Bool("force", false, "overwrite an existing non-empty file")
 	quiet := fs.Bool("quiet", false, "no progress")

@@ -37,7 +37,7 @@ var commands []command
 func init() {
 	commands = []command{
 		{"backup", "backup DEVICE --to TARGET [--mode full|diff|incremental] [--rate-limit BYTES/s] [--json]", "back up a device or image file", cmdBackup},
-		{"restore", "restore --from TARGET DEVICE_OR_FILE [--force]", "write a backup image back to a device or file", cmdRestore},
+		{"restore", "restore --from TARGET DEVICE_OR_FILE [--force] [--quiet]", "write a backup image back to a device or file", cmdRestore},
 		{"daemon", "daemon [--state-dir DIR] [--socket PATH] [--listen HOST:PORT] [--track DEVICE]...", "trace devices and serve the HTTP API", cmdDaemon},
 		{"status", "status [JOB_ID] [--json]", "show the daemon's backups and their progress", cmdStatus},
 		{"cancel", "cancel JOB_ID|DEVICE", "cancel a running backup", cmdCancel},

@@ -201,12 +201,32 @@ func (s *NBD) startOn(network, address string) error {
 		}
 		if c, err := net.DialTimeout(network, address, time.Second); err == nil {
 			c.Close()
-			return nil
+			if network == "unix" || s.listensHere(address) {
+				return nil
+			}
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
 	s.kill()
 	return fmt.Errorf("%s did not accept connections on %s within 30s: %s", s.Kind, address, stderr.String())
+}
+
+// listensHere reports whether the server we started, not another test's
+// process that took the probed port first, listens on the TCP address.
+func (s *NBD) listensHere(address string) bool {
+	_, p, err := net.SplitHostPort(address)
+	if err != nil {
+		return false
+	}
+	port, err := strconv.Atoi(p)
+	if err != nil {
+		return false
+	}
+	pid := s.daemon
+	if pid == 0 && s.cmd != nil && s.cmd.Process != nil {
+		pid = s.cmd.Process.Pid
+	}
+	return pid != 0 && ownsListener(pid, port)
 }
 
 func (s *NBD) commandLine() ([]string, error) {

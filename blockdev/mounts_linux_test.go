@@ -79,8 +79,12 @@ func TestMountsOfLoopAndBindMounts(t *testing.T) {
 		t.Errorf("LoopDevicesOf(unattached) = %q, %v", devs, err)
 	}
 
+	// The bind mount first: testenv's Unmount waits until nothing holds
+	// the filesystem any more.
+	if out, err := exec.Command("umount", bind).CombinedOutput(); err != nil {
+		t.Fatalf("umount %s: %v: %s", bind, err, out)
+	}
 	d.Unmount(t)
-	exec.Command("umount", bind).Run()
 	if ms, err := MountsOf(d.Path); err != nil || len(ms) != 0 {
 		t.Errorf("after umount: %+v, %v", ms, err)
 	}

@@ -234,6 +234,12 @@ func TestSequencerBindMountsFrozenOnce(t *testing.T) {
 		t.Fatalf("mount --bind: %v: %s", err, out)
 	}
 	t.Cleanup(func() { exec.Command("umount", bind).Run() })
+	// Where / is shared (systemd's default), the bind mount joins the
+	// original's peer group, and the tmpfs mounted over the original
+	// below would propagate to it and hide it too.
+	if out, err := exec.Command("mount", "--make-private", bind).CombinedOutput(); err != nil {
+		t.Fatalf("mount --make-private: %v: %s", err, out)
+	}
 	rep, err := (&Sequencer{Device: d.Path}).Run(context.Background(), func(context.Context) error {
 		if !frozen(t, bind) {
 			t.Error("bind mount not frozen")

@@ -41,61 +41,61 @@ func newBitmap() *bitmap { return &bitmap{chunks: make(map[uint32]*chunk)} }
 
 func (b *bitmap) empty() bool { return len(b.chunks) == 0 }
 
-// setRange sets blocks [start, end).
-func (b *bitmap) setRange(start, end uint64) {
+// chunkSpans splits blocks [start, end) at chunk boundaries and calls fn
+// with each chunk's index and the bits [lo, hi) of it the range covers.
+func chunkSpans(start, end uint64, fn func(ci uint32, lo, hi uint64)) {
 	for start < end {
-		ci := uint32(start >> chunkShift)
 		lo := start & (chunkBits - 1)
 		hi := uint64(chunkBits)
 		if rest := end - (start - lo); rest < hi {
 			hi = rest
 		}
-		c := b.chunks[ci]
-		if c != fullChunk {
-			if lo == 0 && hi == chunkBits {
-				b.chunks[ci] = fullChunk
-			} else {
-				if c == nil {
-					c = &chunk{}
-					b.chunks[ci] = c
-				}
-				c.set(lo, hi)
-				if c.n == chunkBits {
-					b.chunks[ci] = fullChunk
-				}
-			}
-		}
+		fn(uint32(start>>chunkShift), lo, hi)
 		start += hi - lo
 	}
 }
 
-// clearRange clears blocks [start, end).
-func (b *bitmap) clearRange(start, end uint64) {
-	for start < end {
-		ci := uint32(start >> chunkShift)
-		lo := start & (chunkBits - 1)
-		hi := uint64(chunkBits)
-		if rest := end - (start - lo); rest < hi {
-			hi = rest
-		}
+// setRange sets blocks [start, end).
+func (b *bitmap) setRange(start, end uint64) {
+	chunkSpans(start, end, func(ci uint32, lo, hi uint64) {
 		c := b.chunks[ci]
-		if c != nil {
-			if lo == 0 && hi == chunkBits {
-				delete(b.chunks, ci)
-			} else {
-				if c == fullChunk {
-					c = &chunk{}
-					*c = *fullChunk
-					b.chunks[ci] = c
-				}
-				c.clear(lo, hi)
-				if c.n == 0 {
-					delete(b.chunks, ci)
-				}
+		switch {
+		case c == fullChunk:
+		case lo == 0 && hi == chunkBits:
+			b.chunks[ci] = fullChunk
+		default:
+			if c == nil {
+				c = &chunk{}
+				b.chunks[ci] = c
+			}
+			c.set(lo, hi)
+			if c.n == chunkBits {
+				b.chunks[ci] = fullChunk
 			}
 		}
-		start += hi - lo
-	}
+	})
+}
+
+// clearRange clears blocks [start, end).
+func (b *bitmap) clearRange(start, end uint64) {
+	chunkSpans(start, end, func(ci uint32, lo, hi uint64) {
+		c := b.chunks[ci]
+		switch {
+		case c == nil:
+		case lo == 0 && hi == chunkBits:
+			delete(b.chunks, ci)
+		default:
+			if c == fullChunk {
+				c = &chunk{}
+				*c = *fullChunk
+				b.chunks[ci] = c
+			}
+			c.clear(lo, hi)
+			if c.n == 0 {
+				delete(b.chunks, ci)
+			}
+		}
+	})
 }
 
 // or adds every bit of o to b.

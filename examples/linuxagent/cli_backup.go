@@ -11,6 +11,7 @@ import (
 
 	"github.com/blockimage/blockimage/examples/linuxagent/internal/agent"
 	"github.com/blockimage/blockimage/examples/linuxagent/internal/agentapi"
+	"github.com/blockimage/blockimage/internal/bytesize"
 )
 
 const backupAbout = `
@@ -162,13 +163,13 @@ func printResult(w io.Writer, req agentapi.BackupRequest, r agentapi.Result) {
 	}
 	fmt.Fprintf(w, "backup of %s to %s: %s\n", req.Device, req.Target, mode)
 	if r.Mode != agentapi.Incremental {
-		fmt.Fprintf(w, "  %s, %s in use\n", fs, human(r.BytesInUse))
+		fmt.Fprintf(w, "  %s, %s in use\n", fs, bytesize.IEC(r.BytesInUse))
 	}
 	conv := "converged"
 	if !r.Converged {
 		conv = "did not converge, froze anyway"
 	}
-	fmt.Fprintf(w, "  %d passes (%s), %s sent\n", r.Passes, conv, human(r.BytesSent))
+	fmt.Fprintf(w, "  %d passes (%s), %s sent\n", r.Passes, conv, bytesize.IEC(r.BytesSent))
 	switch {
 	case r.Frozen && r.MapFreezeWindow > 0:
 		fmt.Fprintf(w, "  frozen for %v (and %v to read the allocation maps)\n", r.FreezeWindow.Round(time.Microsecond), r.MapFreezeWindow.Round(time.Microsecond))
@@ -208,7 +209,7 @@ func (r *reporter) progress(p agentapi.Progress) {
 	case "mapping", "done":
 		fmt.Fprintf(r.w, "%s\n", p.Phase)
 	default:
-		fmt.Fprintf(r.w, "pass %d %s: %s of %s, %s sent in all\n", p.Pass, p.Phase, human(p.BytesDone), human(p.BytesTotal), human(p.BytesSent))
+		fmt.Fprintf(r.w, "pass %d %s: %s of %s, %s sent in all\n", p.Pass, p.Phase, bytesize.IEC(p.BytesDone), bytesize.IEC(p.BytesTotal), bytesize.IEC(p.BytesSent))
 	}
 }
 
@@ -257,12 +258,12 @@ func cmdRestore(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	res, err := agent.System.Restore(ctx, *from, pos[0], agent.RestoreOptions{Force: *force, Progress: func(done, total int64) {
 		if !*quiet && (time.Since(last) >= time.Second || done == total) {
 			last = time.Now()
-			fmt.Fprintf(stderr, "restored %s of %s\n", human(done), human(total))
+			fmt.Fprintf(stderr, "restored %s of %s\n", bytesize.IEC(done), bytesize.IEC(total))
 		}
 	}})
 	if err != nil {
 		return exitErr(stderr, err)
 	}
-	fmt.Fprintf(stdout, "restored %s (%s written) from %s to %s\n", human(res.Size), human(res.Written), *from, pos[0])
+	fmt.Fprintf(stdout, "restored %s (%s written) from %s to %s\n", bytesize.IEC(res.Size), bytesize.IEC(res.Written), *from, pos[0])
 	return 0
 }

@@ -18,6 +18,7 @@ import (
 
 	"github.com/blockimage/blockimage/examples/linuxagent/internal/agent"
 	"github.com/blockimage/blockimage/examples/linuxagent/internal/agentapi"
+	"github.com/blockimage/blockimage/internal/bytesize"
 )
 
 const daemonAbout = `
@@ -170,10 +171,10 @@ func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tDEVICE\tTARGET\tMODE\tSTATE\tPROGRESS\tSTARTED")
 	for _, j := range jobs {
-		prog := fmt.Sprintf("pass %d %s %s/%s", j.Progress.Pass, j.Progress.Phase, human(j.Progress.BytesDone), human(j.Progress.BytesTotal))
+		prog := fmt.Sprintf("pass %d %s %s/%s", j.Progress.Pass, j.Progress.Phase, bytesize.IEC(j.Progress.BytesDone), bytesize.IEC(j.Progress.BytesTotal))
 		mode := string(j.Request.Mode)
 		if j.Result != nil {
-			prog = fmt.Sprintf("%s sent, frozen %v", human(j.Result.BytesSent), j.Result.FreezeWindow.Round(time.Microsecond))
+			prog = fmt.Sprintf("%s sent, frozen %v", bytesize.IEC(j.Result.BytesSent), j.Result.FreezeWindow.Round(time.Microsecond))
 			mode = string(j.Result.Mode)
 		}
 		if j.Error != "" {
@@ -350,9 +351,9 @@ func cmdDevices(ctx context.Context, args []string, stdout, stderr io.Writer) in
 			case !t.Complete:
 				track = "incomplete: " + t.Reason
 			case len(t.Targets) > 0:
-				track = fmt.Sprintf("yes, %s changed since the backup to %s", human(t.ChangedBytes), t.Targets[0])
+				track = fmt.Sprintf("yes, %s changed since the backup to %s", bytesize.IEC(t.ChangedBytes), t.Targets[0])
 			default:
-				track = fmt.Sprintf("yes, %s changed (%s)", human(t.ChangedBytes), t.Reason)
+				track = fmt.Sprintf("yes, %s changed (%s)", bytesize.IEC(t.ChangedBytes), t.Reason)
 			}
 		}
 		mounted := strings.Join(r.Mounts, ", ")
@@ -362,7 +363,7 @@ func cmdDevices(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		case mounted == "":
 			mounted = "-"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", r.Device, human(r.Size), mounted, track)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", r.Device, bytesize.IEC(r.Size), mounted, track)
 	}
 	tw.Flush()
 	return 0

@@ -16,6 +16,7 @@ import (
 
 	"github.com/blockimage/blockimage/blockdev"
 	"github.com/blockimage/blockimage/fsparse"
+	"github.com/blockimage/blockimage/internal/bytesize"
 )
 
 // Exit statuses of Run.
@@ -169,9 +170,9 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		w.printf("uuid:                %s\n", info.UUID)
 	}
 	w.printf("block size:          %d\n", info.BlockSize)
-	w.printf("total bytes:         %d (%s)\n", info.TotalBytes, human(info.TotalBytes))
-	w.printf("used bytes:          %d (%s)\n", info.UsedBytes, human(info.UsedBytes))
-	w.printf("free bytes:          %d (%s)\n", info.FreeBytes, human(info.FreeBytes))
+	w.printf("total bytes:         %d (%s)\n", info.TotalBytes, bytesize.IEC(info.TotalBytes))
+	w.printf("used bytes:          %d (%s)\n", info.UsedBytes, bytesize.IEC(info.UsedBytes))
+	w.printf("free bytes:          %d (%s)\n", info.FreeBytes, bytesize.IEC(info.FreeBytes))
 	w.printf("metadata bytes read: %d\n", info.MetadataBytesRead)
 	for _, n := range info.Notes {
 		w.printf("note:                %s\n", n)
@@ -200,20 +201,6 @@ func (e *errWriter) printf(format string, args ...any) {
 	if e.err == nil {
 		_, e.err = fmt.Fprintf(e.w, format, args...)
 	}
-}
-
-// human renders n bytes in binary units.
-func human(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }
 
 // partitionTable returns "a GPT" or "an MBR" when the device starts with

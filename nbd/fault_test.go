@@ -211,7 +211,7 @@ func TestSinkServerRestart(t *testing.T) {
 			writeAll(t, ctx, s, src, 7, func() {
 				written++
 				if written == 5 || written == 15 {
-					srv.StopForRestart(t)
+					srv.Stop(t)
 					dc.checkDurable(s)
 					srv.Restart(t)
 				}
@@ -222,7 +222,7 @@ func TestSinkServerRestart(t *testing.T) {
 			dc.checkDurable(s)
 			// Each kill breaks the connection. (nbd-server seemed to
 			// survive Stop only because Restart read the killed
-			// daemon's stale PID file: see StopForRestart.)
+			// daemon's stale PID file, which Stop now removes.)
 			if s.Reconnects() < 2 {
 				t.Errorf("%d reconnects after two restarts", s.Reconnects())
 			}

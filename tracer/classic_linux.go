@@ -124,7 +124,7 @@ func startClassic(ctx context.Context, d *blockDevice, set *Set, o Options) (_ *
 		}
 		var pending []byte
 		buf := make([]byte, 256<<10)
-		r, err := newCPUReader(cpu, rfd, func() error { return c.drain(rfd, buf, &pending) })
+		r, err := newCPUReader(cpu, rfd, func(drainMode) error { return c.drain(rfd, buf, &pending) })
 		if err != nil {
 			unix.Close(rfd)
 			return nil, err

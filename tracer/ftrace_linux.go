@@ -56,6 +56,7 @@ type ftraceSession struct {
 	nonBlk   map[uint16]bool // ids of ftrace's own event types (print, bprint...)
 	markers  *markers        // the flush barrier's trace_marker writes; nil: drain only
 	readers  []*cpuReader
+	states   []*cpuState  // the readers' state, by index
 	blkType  atomic.Int32 // the blk event's type id, learnt from the first one; -1 before
 	interval time.Duration
 
@@ -176,7 +177,6 @@ func newFtraceSession(o Options) (_ *ftraceSession, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("tracer: tracing_cpumask: %w", err)
 	}
-	var states []*cpuState
 	for _, c := range cpus {
 		cpu, err := strconv.Atoi(strings.TrimPrefix(filepath.Base(c), "cpu"))
 		if err != nil {
@@ -194,16 +194,18 @@ func newFtraceSession(o Options) (_ *ftraceSession, err error) {
 		if err != nil {
 			return nil, fmt.Errorf("tracer: open %s: %w", filepath.Join(c, "trace_pipe_raw"), err)
 		}
-		r, err := newCPUReader(cpu, st.fd, func() error { return f.drain(st) })
+		st.openPipe(f.pageSize)
+		r, err := newCPUReader(cpu, st.fd, func(m drainMode) error { return f.drain(st, m) })
 		if err != nil {
 			unix.Close(st.fd)
+			st.closePipe()
 			return nil, err
 		}
 		f.readers = append(f.readers, r)
-		states = append(states, st)
+		f.states = append(f.states, st)
 	}
 	for i, r := range f.readers {
-		st := states[i]
+		st := f.states[i]
 		go r.run(f.interval, func(force bool) { f.afterDrain(st, force) })
 	}
 	return f, nil
@@ -323,6 +325,9 @@ func (f *ftraceSession) close() error {
 			unix.Close(r.fd)
 			unix.Close(r.efd)
 		}
+	}
+	for _, st := range f.states {
+		st.closePipe()
 	}
 	if cur, _ := readSysString(f.path("current_tracer")); cur == "blk" {
 		errs = append(errs, writeFile(f.path("current_tracer"), "nop"))

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"path/filepath"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // cpuState is one CPU reader's state, touched only by its goroutine.
@@ -19,6 +21,8 @@ type cpuState struct {
 	changes   []change     // of the page being applied
 	scratch   []Extent
 	lastCheck time.Time
+	pipe      [2]int // drainPages splices through it; -1 without
+	pipeBuf   []byte
 }
 
 // A change is a classified event waiting to be applied.
@@ -28,8 +32,18 @@ type change struct {
 	action      uint64 // for UnknownChange; length is -1 then
 }
 
-// drain reads pages until the ring is empty.
-func (f *ftraceSession) drain(st *cpuState) error {
+// drain takes what mode asks for from the CPU's ring: the complete pages
+// through splice (which never hands out the page being written), and, for
+// drainQuiet and drainAll, the rest through read.
+func (f *ftraceSession) drain(st *cpuState, mode drainMode) error {
+	if st.pipe[0] >= 0 {
+		if err := f.drainPages(st); err != nil {
+			return err
+		}
+		if mode == drainPages {
+			return nil
+		}
+	}
 	for {
 		n, empty, err := readRing(st.fd, st.page)
 		if err != nil {
@@ -41,7 +55,93 @@ func (f *ftraceSession) drain(st *cpuState) error {
 		}
 		clear(st.page[n:])
 		f.parse(st, st.page[:n])
+		if mode == drainQuiet {
+			// One read took what the page being written holds; more
+			// reads would chase the writer.
+			return nil
+		}
 	}
+}
+
+// drainPages splices the ring's complete pages into the CPU's pipe and
+// parses them, until the kernel has none left (EAGAIN). The kernel swaps a
+// complete page out of the ring without copying it and without touching
+// the page being written, so the writer on that CPU does not notice.
+func (f *ftraceSession) drainPages(st *cpuState) error {
+	for {
+		n, err := unix.Splice(st.fd, nil, st.pipe[1], nil, len(st.pipeBuf), unix.SPLICE_F_NONBLOCK)
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err == unix.EAGAIN || err == nil && n == 0:
+			return nil
+		case err != nil:
+			// Not expected from a kernel that has trace_pipe_raw; read
+			// pages instead from now on.
+			st.closePipe()
+			return nil
+		}
+		if err := readFull(st.pipe[0], st.pipeBuf[:n]); err != nil {
+			f.markAll(fmt.Sprintf("reading the ring buffer of cpu%d through a pipe: %v", st.cpu, err))
+			return err
+		}
+		for p := st.pipeBuf[:n]; len(p) > 0; {
+			l := min(len(p), f.pageSize)
+			f.parse(st, p[:l])
+			p = p[l:]
+		}
+	}
+}
+
+// openPipe makes the pipe drainPages splices through, sized for
+// pipePages ring pages. Without one, drains read pages instead.
+func (st *cpuState) openPipe(pageSize int) {
+	st.pipe = [2]int{-1, -1}
+	var p [2]int
+	if err := unix.Pipe2(p[:], unix.O_CLOEXEC|unix.O_NONBLOCK); err != nil {
+		return
+	}
+	size := pipePages * pageSize
+	if got, err := unix.FcntlInt(uintptr(p[0]), unix.F_SETPIPE_SZ, size); err == nil && got < size {
+		size = got
+	} else if err != nil {
+		size = 16 * 4096 // the default pipe size
+	}
+	if size < pageSize {
+		unix.Close(p[0])
+		unix.Close(p[1])
+		return
+	}
+	st.pipe = p
+	st.pipeBuf = make([]byte, size/pageSize*pageSize)
+}
+
+// pipePages is how many ring pages one splice moves at most.
+const pipePages = 64
+
+func (st *cpuState) closePipe() {
+	if st.pipe[0] >= 0 {
+		unix.Close(st.pipe[0])
+		unix.Close(st.pipe[1])
+		st.pipe = [2]int{-1, -1}
+	}
+}
+
+// readFull reads len(p) bytes from a pipe that holds them.
+func readFull(fd int, p []byte) error {
+	for len(p) > 0 {
+		n, err := unix.Read(fd, p)
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err != nil:
+			return err
+		case n == 0:
+			return fmt.Errorf("pipe closed with %d bytes missing", len(p))
+		}
+		p = p[n:]
+	}
+	return nil
 }
 
 // parse decodes one page and applies it: the changes are collected first
@@ -53,18 +153,21 @@ func (f *ftraceSession) parse(st *cpuState, page []byte) {
 			return fmt.Errorf("%w: event of %d bytes", ErrBadRecord, len(data))
 		}
 		typ := binary.LittleEndian.Uint16(data)
-		if f.markers != nil && typ == f.markers.printType {
-			f.markers.observe(st.cpu, data)
-			return nil
-		}
-		if f.nonBlk[typ] {
-			return nil // a trace_marker write or a kernel trace_printk
+		known := f.blkType.Load()
+		if known != int32(typ) { // not the blk event, or not learnt yet
+			if f.markers != nil && typ == f.markers.printType {
+				f.markers.observe(st.cpu, data)
+				return nil
+			}
+			if f.nonBlk[typ] {
+				return nil // a trace_marker write or a kernel trace_printk
+			}
 		}
 		r, err := DecodeFtraceRecord(data)
 		if err != nil {
 			return fmt.Errorf("event type %d: %w", typ, err)
 		}
-		if known := f.blkType.Load(); known != int32(typ) {
+		if known != int32(typ) {
 			if known >= 0 || !f.blkType.CompareAndSwap(-1, int32(typ)) && f.blkType.Load() != int32(typ) {
 				return fmt.Errorf("%w: unexpected event type %d in the ring", ErrBadRecord, typ)
 			}

@@ -20,6 +20,7 @@ func main() {
 	source := flag.String("source", "auto", "auto, classic or ftrace")
 	bs := flag.Int("block-size", 4096, "block size of the changed-block set")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the tracer's process to this file")
+	poll := flag.Duration("poll-interval", 0, "longest time events wait in the kernel's buffers (0: the default)")
 	flag.Usage = func() {
 		fmt.Fprintf(os.Stderr, "usage: tracerun [-source auto|classic|ftrace] [-block-size N] DEVICE CMD [ARG...]\n")
 		flag.PrintDefaults()
@@ -29,7 +30,7 @@ func main() {
 		flag.Usage()
 		os.Exit(2)
 	}
-	o := tracer.Options{BlockSize: *bs}
+	o := tracer.Options{BlockSize: *bs, PollInterval: *poll}
 	switch *source {
 	case "auto":
 	case "classic":

@@ -40,6 +40,15 @@ var badChildren = map[string]func(pid uint32, in io.Reader, out io.Writer){
 		ReadMessage(in, "F", 0)
 		out.Write(AppendMessage(nil, Message{Kind: MsgData, PID: pid, Chunk: m.Chunk, Data: []byte("not a block")}))
 	},
+	"idle-twice": func(pid uint32, in io.Reader, out io.Writer) {
+		out.Write(AppendMessage(nil, Message{Kind: MsgIdle, PID: pid}))
+		out.Write(AppendMessage(nil, Message{Kind: MsgIdle, PID: pid}))
+	},
+	"idle-while-compressing": func(pid uint32, in io.Reader, out io.Writer) {
+		out.Write(AppendMessage(nil, Message{Kind: MsgIdle, PID: pid}))
+		ReadMessage(in, "C", MaxChunkSize)
+		out.Write(AppendMessage(nil, Message{Kind: MsgIdle, PID: pid}))
+	},
 	"unasked-data": func(pid uint32, in io.Reader, out io.Writer) {
 		out.Write(AppendMessage(nil, Message{Kind: MsgIdle, PID: pid}))
 		out.Write(AppendMessage(nil, Message{Kind: MsgData, PID: pid, Chunk: 0, Data: []byte("x")}))

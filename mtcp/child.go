@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strconv"
 
 	"github.com/blockimage/blockimage/internal/reexec"
@@ -67,60 +68,131 @@ func runChild(args []string, pid uint32, in io.Reader, out io.Writer) error {
 		}
 		return w.Flush()
 	}
-	if err := send(Message{Kind: MsgIdle}); err != nil {
+	// Messages are read on their own goroutine and chunks compressed on
+	// another, so that a flush is answered while the next chunk is being
+	// compressed.
+	type read struct {
+		m   Message
+		err error
+	}
+	msgs := make(chan read)
+	stop := make(chan struct{})
+	defer close(stop)
+	// Chunk buffers go back here once compressed: reusing them spares
+	// the kernel faulting in and zeroing a chunk's worth of pages each
+	// time.
+	inputs := make(chan []byte, 2)
+	go func() {
+		for {
+			var buf []byte
+			select {
+			case buf = <-inputs:
+			default:
+			}
+			m, err := readMessage(r, "CFQ", uint32(chunkSize), buf)
+			select {
+			case msgs <- read{m, err}:
+			case <-stop:
+				return
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	type block struct {
+		id   uint64
+		data []byte
+		err  error
+	}
+	compressed := make(chan block, 1)
+	var (
+		held        []block  // compressed, waiting for their flush
+		spare       [][]byte // buffers of flushed Blocks, for reuse
+		lzma2       []byte   // used by the compressing goroutine only
+		compressing bool
+		announced   bool // idle sent, no chunk received since
+	)
+	// announce sends idle when the child can take a chunk: it compresses
+	// nothing and holds at most maxHeld Blocks.
+	announce := func() error {
+		if announced || compressing || len(held) > maxHeld {
+			return nil
+		}
+		announced = true
+		return send(Message{Kind: MsgIdle})
+	}
+	if err := announce(); err != nil {
 		return err
 	}
-	var (
-		held    []byte // the compressed Block awaiting a flush
-		heldID  uint64
-		holding bool
-		lzma2   []byte
-	)
 	for {
-		allowed := "CQ"
-		if holding {
-			allowed = "FQ"
+		select {
+		case b := <-compressed:
+			compressing = false
+			if b.err != nil {
+				return b.err
+			}
+			held = append(held, b)
+			if err := send(Message{Kind: MsgDone, Chunk: b.id}); err != nil {
+				return err
+			}
+		case rd := <-msgs:
+			if rd.err == io.EOF {
+				return nil // the control process is gone or done
+			}
+			if rd.err != nil {
+				return rd.err
+			}
+			m := rd.m
+			if m.PID != pid {
+				return &ProtocolError{PID: m.PID, Reason: fmt.Sprintf("message for process %d received by %d", m.PID, pid)}
+			}
+			switch m.Kind {
+			case MsgQuit:
+				return nil
+			case MsgData:
+				if !announced {
+					return &ProtocolError{PID: pid, Reason: fmt.Sprintf("chunk %d received while not idle", m.Chunk)}
+				}
+				announced, compressing = false, true
+				var buf []byte
+				if n := len(spare); n > 0 {
+					buf, spare = spare[n-1], spare[:n-1]
+				}
+				go func(id uint64, data, buf []byte) {
+					var err error
+					lzma2, err = enc.EncodeLZMA2(lzma2[:0], data)
+					if err != nil {
+						compressed <- block{err: fmt.Errorf("compressing chunk %d: %w", id, err)}
+						return
+					}
+					buf = frameBlock(buf[:0], lzma2, data, p.DictSize)
+					if len(buf) > BlockBound(len(data)) {
+						err = fmt.Errorf("chunk %d: block of %d bytes exceeds the bound", id, len(buf))
+					}
+					select {
+					case inputs <- data:
+					default:
+					}
+					compressed <- block{id: id, data: buf, err: err}
+				}(m.Chunk, m.Data, buf)
+			case MsgFlush:
+				i := slices.IndexFunc(held, func(b block) bool { return b.id == m.Chunk })
+				if i < 0 {
+					return &ProtocolError{PID: pid, Reason: fmt.Sprintf("flush of chunk %d, which this child does not hold", m.Chunk)}
+				}
+				b := held[i]
+				held = slices.Delete(held, i, i+1)
+				if err := send(Message{Kind: MsgData, Chunk: b.id, Data: b.data}); err != nil {
+					return err
+				}
+				if cap(b.data) <= 2*BlockBound(chunkSize) {
+					spare = append(spare, b.data)
+				}
+			}
 		}
-		m, err := ReadMessage(r, allowed, uint32(chunkSize))
-		if err == io.EOF {
-			return nil // the control process is gone or done
-		}
-		if err != nil {
+		if err := announce(); err != nil {
 			return err
-		}
-		if m.PID != pid {
-			return &ProtocolError{PID: m.PID, Reason: fmt.Sprintf("message for process %d received by %d", m.PID, pid)}
-		}
-		switch m.Kind {
-		case MsgQuit:
-			return nil
-		case MsgData:
-			lzma2, err = enc.EncodeLZMA2(lzma2[:0], m.Data)
-			if err != nil {
-				return fmt.Errorf("compressing chunk %d: %w", m.Chunk, err)
-			}
-			held = frameBlock(held[:0], lzma2, m.Data, p.DictSize)
-			if len(held) > BlockBound(len(m.Data)) {
-				return fmt.Errorf("chunk %d: block of %d bytes exceeds the bound", m.Chunk, len(held))
-			}
-			heldID, holding = m.Chunk, true
-			if err := send(Message{Kind: MsgDone, Chunk: m.Chunk}); err != nil {
-				return err
-			}
-		case MsgFlush:
-			if m.Chunk != heldID {
-				return &ProtocolError{PID: pid, Reason: fmt.Sprintf("flush of chunk %d, holding %d", m.Chunk, heldID)}
-			}
-			if err := send(Message{Kind: MsgData, Chunk: heldID, Data: held}); err != nil {
-				return err
-			}
-			holding = false
-			if cap(held) > 2*BlockBound(chunkSize) {
-				held = nil
-			}
-			if err := send(Message{Kind: MsgIdle}); err != nil {
-				return err
-			}
 		}
 	}
 }

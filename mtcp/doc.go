@@ -48,6 +48,14 @@
 //
 // A child's life: it sends idle; it receives data, compresses, sends done;
 // when its chunk is the next one to be written the control process sends
-// flush, the child sends the data back, frees it and sends idle again.
-// When the input has ended, idle children receive quit and exit.
+// flush and the child sends the data back and frees it. A child works
+// ahead: it sends idle whenever it compresses nothing and holds at most
+// one compressed Block, so a child that finished before the chunk due
+// next takes another chunk instead of waiting for its flush, and answers
+// the flush while it compresses. (liblzma's own threads do the same with
+// their output queue; without it, two children reached 1.86 times the
+// throughput of one and 0.96 of xz -T2.) A child thus holds at most two
+// Blocks, and the control process asks for them strictly in chunk order.
+// When the input has ended, idle children that hold nothing receive quit
+// and exit.
 package mtcp

@@ -40,3 +40,32 @@ func TestChildKilled(t *testing.T) {
 		t.Fatalf("after killing children %v, xz -d output differs from the input", killed)
 	}
 }
+
+// TestChildWorksAhead: a child that finished a chunk announces itself
+// idle at once, before its Block is flushed, and takes the next chunk
+// while it holds the Block; killed at that point, it loses both, and the
+// output is still exactly the input.
+func TestChildWorksAhead(t *testing.T) {
+	testenv.Require(t, testenv.Commands("xz"))
+	data := testData(t, "text", 4*MinChunkSize+5)
+	last := map[uint32]byte{}
+	aheadSeen, killedAhead := 0, false
+	testHook = func(pid uint32, m Message) {
+		if m.Kind == MsgIdle && last[pid] == MsgDone {
+			aheadSeen++
+			if !killedAhead {
+				killedAhead = true
+				syscall.Kill(int(pid), syscall.SIGKILL)
+			}
+		}
+		last[pid] = m.Kind
+	}
+	defer func() { testHook = nil }()
+	got := compress(t, data, Options{Level: 0, ChunkSize: MinChunkSize, Children: 1})
+	if aheadSeen < 2 {
+		t.Fatalf("a child announced itself idle right after done %d times, want one per chunk", aheadSeen)
+	}
+	if back := stockXZ(t, got); !bytes.Equal(back, data) {
+		t.Fatalf("after killing a child that worked ahead, xz -d output differs from the input")
+	}
+}

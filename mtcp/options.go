@@ -115,9 +115,10 @@ func (o Options) withDefaults() (Options, error) {
 }
 
 // perChildMemory is what one child needs: the compressor's memory at the
-// level, its input chunk and its compressed Block.
+// level, its input chunk and the compressed Blocks it may hold (maxHeld
+// and the one it compresses).
 func perChildMemory(level, chunkSize int) int64 {
-	return presets[level].CompressorMem + int64(chunkSize) + int64(BlockBound(chunkSize))
+	return presets[level].CompressorMem + int64(chunkSize) + int64(maxHeld+1)*int64(BlockBound(chunkSize))
 }
 
 // ChildCount returns how many children fit: (memory - 256 MiB) / per-child

@@ -13,23 +13,11 @@ import (
 	"github.com/blockimage/blockimage/internal/reexec"
 )
 
-// childState is where a child is in its life, as the control process
-// sees it; it decides which message the child may send next.
-type childState int
-
-const (
-	stStarting  childState = iota // expect I
-	stIdle                        // expect nothing; may be given a chunk
-	stBusy                        // compressing c.chunk; expect D
-	stDone                        // holds c.chunk compressed; expect nothing until F
-	stFlushing                    // F sent; expect C with the Block
-	stReturning                   // Block received; expect I
-	stQuitting                    // Q sent; expect end of stream
-)
-
-var stateNames = [...]string{"starting", "idle", "compressing", "done", "flushing", "returning", "quitting"}
-
-func (s childState) String() string { return stateNames[s] }
+// maxHeld is how many compressed Blocks a child may hold, waiting for
+// their flush, and still be given a new chunk: with 1, a child that
+// finished its chunk before the one due next goes on with another chunk
+// instead of waiting for its flush, and holds at most 2 Blocks.
+const maxHeld = 1
 
 type chunk struct {
 	id    uint64
@@ -37,13 +25,49 @@ type chunk struct {
 	tries int
 }
 
+// A child is the control process's view of one child process. Which
+// message it may send next follows from these fields: idle when it has
+// not announced itself since it was last given a chunk, compresses
+// nothing and holds at most maxHeld Blocks (counting the one being
+// flushed); done for busy; data for flushing; nothing once quitting.
 type child struct {
-	pid    uint32
-	cmd    *exec.Cmd
-	send   chan Message
-	state  childState
-	chunk  *chunk
-	stderr *tailBuffer
+	pid      uint32
+	cmd      *exec.Cmd
+	send     chan Message
+	stderr   *tailBuffer
+	started  bool     // its first idle arrived
+	ready    bool     // announced idle and not given a chunk since
+	busy     *chunk   // being compressed: a done is due
+	held     []*chunk // compressed, waiting for their flush
+	flushing *chunk   // flush sent: its data is due
+	quitting bool     // quit sent, or killed
+}
+
+// holding counts the Blocks the child keeps for us.
+func (c *child) holding() int {
+	n := len(c.held)
+	if c.flushing != nil {
+		n++
+	}
+	return n
+}
+
+// state describes the child for error messages.
+func (c *child) state() string {
+	switch {
+	case c.quitting:
+		return "quitting"
+	case !c.started:
+		return "starting"
+	}
+	s := fmt.Sprintf("holding %d Blocks", c.holding())
+	if c.busy != nil {
+		s = fmt.Sprintf("compressing chunk %d, %s", c.busy.id, s)
+	}
+	if c.ready {
+		s = "idle, " + s
+	}
+	return s
 }
 
 // event is a message from a child, or err when its output ended.
@@ -68,8 +92,9 @@ type pool struct {
 
 	children map[uint32]*child
 	events   chan event
-	pending  []*chunk // not assigned, by id
-	next     uint64   // next chunk to write
+	blocks   chan []byte // written Blocks' buffers, for the readers to reuse
+	pending  []*chunk    // not assigned, by id
+	next     uint64      // next chunk to write
 	records  []indexRecord
 	inBytes  int64
 	outBytes int64
@@ -116,8 +141,8 @@ func (p *pool) run(ctx context.Context) (err error) {
 }
 
 // dispatch gives pending chunks to idle children, starts children while
-// there is work and fewer than target live, and quits idle children once
-// the input has ended and nothing is left to give.
+// there is work and fewer than target live, and quits idle children that
+// hold nothing once the input has ended and nothing is left to give.
 func (p *pool) dispatch(ctx context.Context) error {
 	for len(p.pending) > 0 {
 		c := p.idleChild()
@@ -126,18 +151,18 @@ func (p *pool) dispatch(ctx context.Context) error {
 		}
 		ch := p.pending[0]
 		p.pending = p.pending[1:]
-		c.state, c.chunk = stBusy, ch
+		c.ready, c.busy = false, ch
 		c.send <- Message{Kind: MsgData, PID: c.pid, Chunk: ch.id, Data: ch.data}
 	}
-	for len(p.pending) > p.count(stStarting) && p.live() < p.target {
+	for len(p.pending) > p.starting() && p.live() < p.target {
 		if err := p.spawn(ctx); err != nil {
 			return err
 		}
 	}
 	if p.inputEnd && len(p.pending) == 0 {
 		for _, c := range p.children {
-			if c.state == stIdle {
-				c.state = stQuitting
+			if c.ready && c.holding() == 0 && !c.quitting {
+				c.quitting = true
 				c.send <- Message{Kind: MsgQuit, PID: c.pid}
 				close(c.send)
 			}
@@ -146,20 +171,26 @@ func (p *pool) dispatch(ctx context.Context) error {
 	return nil
 }
 
+// idleChild picks the idle child to give the next chunk to: one that
+// holds no Block if there is one, since a child holding a Block may be
+// flushed soon and then wants a chunk of its own.
 func (p *pool) idleChild() *child {
 	var best *child
 	for _, c := range p.children {
-		if c.state == stIdle && (best == nil || c.pid < best.pid) {
+		if !c.ready || c.quitting {
+			continue
+		}
+		if best == nil || c.holding() < best.holding() || c.holding() == best.holding() && c.pid < best.pid {
 			best = c
 		}
 	}
 	return best
 }
 
-func (p *pool) count(s childState) int {
+func (p *pool) starting() int {
 	n := 0
 	for _, c := range p.children {
-		if c.state == s {
+		if !c.started && !c.quitting {
 			n++
 		}
 	}
@@ -170,7 +201,7 @@ func (p *pool) count(s childState) int {
 func (p *pool) live() int {
 	n := 0
 	for _, c := range p.children {
-		if c.state != stQuitting {
+		if !c.quitting {
 			n++
 		}
 	}
@@ -198,52 +229,70 @@ func (p *pool) handle(ev event) error {
 		return &ProtocolError{PID: c.pid, Reason: fmt.Sprintf(format, args...)}
 	}
 	switch {
-	case m.Kind == MsgIdle && (c.state == stStarting || c.state == stReturning):
-		c.state, p.ready = stIdle, true
-	case m.Kind == MsgDone && c.state == stBusy:
-		if m.Chunk != c.chunk.id {
-			return bad("done with chunk %d, was given %d", m.Chunk, c.chunk.id)
+	case c.quitting:
+		return bad("message %q after quit", m.Kind)
+	case m.Kind == MsgIdle && !c.ready && c.busy == nil && c.holding() <= maxHeld:
+		c.started, c.ready, p.ready = true, true, true
+	case m.Kind == MsgDone && c.busy != nil:
+		if m.Chunk != c.busy.id {
+			return bad("done with chunk %d, was given %d", m.Chunk, c.busy.id)
 		}
-		c.state = stDone
+		c.held = append(c.held, c.busy)
+		c.busy = nil
 		return p.flushNext()
-	case m.Kind == MsgData && c.state == stFlushing:
-		if m.Chunk != c.chunk.id {
-			return bad("sent chunk %d, was asked for %d", m.Chunk, c.chunk.id)
+	case m.Kind == MsgData && c.flushing != nil:
+		ch := c.flushing
+		if m.Chunk != ch.id {
+			return bad("sent chunk %d, was asked for %d", m.Chunk, ch.id)
 		}
-		rec, err := checkBlock(m.Data, len(c.chunk.data))
+		rec, err := checkBlock(m.Data, len(ch.data))
 		if err != nil {
 			return bad("chunk %d: %v", m.Chunk, err)
 		}
 		if err := p.write(m.Data); err != nil {
 			return err
 		}
+		select {
+		case p.blocks <- m.Data:
+		default:
+		}
 		p.records = append(p.records, rec)
-		p.inBytes += int64(len(c.chunk.data))
+		p.inBytes += int64(len(ch.data))
 		p.next++
-		if c.chunk.tries == 0 { // else a dead child's writer may still read it
+		if ch.tries == 0 { // else a dead child's writer may still read it
 			select {
-			case p.free <- c.chunk.data[:0]:
+			case p.free <- ch.data[:0]:
 			default:
 			}
 		}
-		c.state, c.chunk = stReturning, nil
+		c.flushing = nil
 		<-p.slots
 		if p.o.Progress != nil {
 			p.o.Progress(p.inBytes, p.outBytes)
 		}
 		return p.flushNext()
 	default:
-		return bad("message %q while %v", m.Kind, c.state)
+		return bad("message %q while %s", m.Kind, c.state())
 	}
 	return nil
 }
 
-// flushNext asks the child holding the next chunk for it, if it is done.
+// flushNext asks the child holding the next chunk for it, if one does
+// and no flush is under way.
 func (p *pool) flushNext() error {
 	for _, c := range p.children {
-		if c.state == stDone && c.chunk.id == p.next {
-			c.state = stFlushing
-			c.send <- Message{Kind: MsgFlush, PID: c.pid, Chunk: c.chunk.id}
+		if c.flushing != nil {
+			return nil
+		}
+	}
+	for _, c := range p.children {
+		for i, ch := range c.held {
+			if ch.id == p.next {
+				c.held = slices.Delete(c.held, i, i+1)
+				c.flushing = ch
+				c.send <- Message{Kind: MsgFlush, PID: c.pid, Chunk: ch.id}
+				return nil
+			}
 		}
 	}
 	return nil
@@ -253,18 +302,25 @@ func (p *pool) flushNext() error {
 // death whose chunk goes back to the queue.
 func (p *pool) lost(c *child, readErr error) error {
 	delete(p.children, c.pid)
-	state := c.state
+	quitting := c.quitting
 	waitErr := p.reap(c)
 	var perr *ProtocolError
 	switch {
-	case state == stQuitting && readErr == io.EOF:
+	case quitting && readErr == io.EOF:
 		return nil
 	case errors.As(readErr, &perr):
 		return readErr
 	}
 	p.deaths++
 	p.o.Logf("mtcp: child %d died (%v; %v) %s", c.pid, readErr, waitErr, c.stderr.String())
-	if ch := c.chunk; ch != nil {
+	lost := slices.Clone(c.held)
+	for _, ch := range []*chunk{c.busy, c.flushing} {
+		if ch != nil {
+			lost = append(lost, ch)
+		}
+	}
+	c.busy, c.held, c.flushing = nil, nil, nil
+	for _, ch := range lost {
 		ch.tries++
 		if ch.tries >= maxTries {
 			return fmt.Errorf("mtcp: chunk %d lost %d children, giving up: last %v %s", ch.id, ch.tries, waitErr, c.stderr.String())
@@ -324,7 +380,12 @@ func (p *pool) spawn(ctx context.Context) error {
 		defer p.wg.Done()
 		r := bufio.NewReaderSize(stdout, 64<<10)
 		for {
-			m, err := ReadMessage(r, "IDC", maxBlock)
+			var buf []byte
+			select {
+			case buf = <-p.blocks:
+			default:
+			}
+			m, err := readMessage(r, "IDC", maxBlock, buf)
 			if err == nil && m.PID != c.pid {
 				err = &ProtocolError{PID: c.pid, Reason: fmt.Sprintf("message claims to come from process %d", m.PID)}
 			}
@@ -354,10 +415,10 @@ func (p *pool) spawn(ctx context.Context) error {
 
 // reap waits for a child whose output has ended.
 func (p *pool) reap(c *child) error {
-	if c.state != stQuitting {
+	if !c.quitting {
 		c.cmd.Process.Kill()
 		close(c.send)
-		c.state = stQuitting
+		c.quitting = true
 	}
 	return c.cmd.Wait()
 }
@@ -370,8 +431,8 @@ func (p *pool) stopAll(kill bool) {
 		if kill {
 			c.cmd.Process.Kill()
 		}
-		if c.state != stQuitting {
-			c.state = stQuitting
+		if !c.quitting {
+			c.quitting = true
 			close(c.send)
 		}
 	}

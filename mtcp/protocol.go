@@ -92,6 +92,12 @@ func writeMessage(w io.Writer, m Message) error {
 // cleanly before a message returns io.EOF; one that ends inside a message
 // returns io.ErrUnexpectedEOF; anything else malformed a *ProtocolError.
 func ReadMessage(r io.Reader, allowed string, maxSize uint32) (Message, error) {
+	return readMessage(r, allowed, maxSize, nil)
+}
+
+// readMessage is ReadMessage with the data of a data message read into
+// reuse when it is large enough (a fresh buffer otherwise).
+func readMessage(r io.Reader, allowed string, maxSize uint32, reuse []byte) (Message, error) {
 	var hdr [5]byte
 	if _, err := io.ReadFull(r, hdr[:]); err != nil {
 		return Message{}, err
@@ -123,7 +129,11 @@ func ReadMessage(r io.Reader, allowed string, maxSize uint32) (Message, error) {
 	if size > maxSize {
 		return Message{}, &ProtocolError{PID: m.PID, Reason: fmt.Sprintf("data message of %d bytes exceeds the limit of %d", size, maxSize)}
 	}
-	m.Data = make([]byte, size)
+	if uint32(cap(reuse)) >= size {
+		m.Data = reuse[:size]
+	} else {
+		m.Data = make([]byte, size)
+	}
 	if _, err := io.ReadFull(r, m.Data); err != nil {
 		return Message{}, unexpectedEOF(err)
 	}

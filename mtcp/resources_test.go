@@ -53,10 +53,10 @@ func TestChildCount(t *testing.T) {
 		cpus, level int
 		chunk, want int
 	}{
-		// The design's example: 2 GiB, level 9 (674 MiB + 2 chunks of 1 MiB+): 2 children.
+		// The design's example: 2 GiB, level 9 (674 MiB + 3 chunks of 1 MiB+): 2 children.
 		{1957 * mib, 64, 9, 1 * mib, 2},
-		// Memory-bound at -6 with 24 MiB chunks: (1024-256)/(94+48+) = 5.
-		{1024 * mib, 64, 6, 24 * mib, 5},
+		// Memory-bound at -6 with 24 MiB chunks: (1024-256)/(94+24+2*24+) = 4.
+		{1024 * mib, 64, 6, 24 * mib, 4},
 		// CPU-bound.
 		{64 << 30, 2, 6, 24 * mib, 2},
 		// Too little memory still runs one child.

@@ -58,7 +58,7 @@ func NewWriter(ctx context.Context, w io.Writer, o Options) (*Writer, error) {
 		o:        o,
 		children: n,
 		chunks:   make(chan *chunk),
-		slots:    make(chan struct{}, 2*n),
+		slots:    make(chan struct{}, 2*n+2),
 		free:     make(chan []byte, 2),
 		done:     make(chan struct{}),
 	}
@@ -71,6 +71,7 @@ func NewWriter(ctx context.Context, w io.Writer, o Options) (*Writer, error) {
 		free:     wr.free,
 		children: map[uint32]*child{},
 		events:   make(chan event, 16),
+		blocks:   make(chan []byte, 2),
 	}
 	go func() {
 		wr.err = p.run(ctx)
@@ -86,8 +87,10 @@ func (w *Writer) Children() int { return w.children }
 func (w *Writer) ChunkSize() int { return w.o.ChunkSize }
 
 // Write buffers p into chunks and hands each full chunk to the pool. It
-// blocks while 2 chunks per child are in flight, so the control process
-// holds at most (2 × children + 1) chunks, plus one Block being written.
+// blocks while 2 chunks per child and 2 more are in flight (a child may
+// compress one chunk while it holds the Block of another, and the 2 more
+// are ready for the next idle child), so the control process holds at most
+// (2 × children + 3) chunks, plus one Block being written.
 func (w *Writer) Write(p []byte) (int, error) {
 	if w.closed {
 		return 0, ErrClosed

@@ -37,9 +37,10 @@ settings are reset and every tracked device's next incremental falls back
 to a diff.
 
 Each device keeps one chain: incrementals continue from the last backup,
-to its target; a backup to another target is a diff. Package tracer traces
-one device per process, with ftrace's blk tracer, which one program on the
-machine can use at a time: track one device per daemon.
+to its target; a backup to another target is a diff. One daemon tracks
+any number of devices (repeat --track, or "linuxagent track DEVICE").
+Where the kernel offers only ftrace's blk tracer, one program on the
+machine can trace at a time: run one daemon per machine.
 `
 
 func cmdDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) int {

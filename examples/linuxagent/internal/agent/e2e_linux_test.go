@@ -55,8 +55,9 @@ func endToEnd(t *testing.T, fstype string) {
 	if err := d.Start(ctx, dev.Path); err != nil {
 		t.Fatal(err)
 	}
-	// The tracer traces one device per process: whatever happens, the
-	// daemon of this subtest stops before the next starts.
+	// One program traces at a time (ftrace's blk tracer is one per
+	// machine): whatever happens, the daemon of this subtest stops before
+	// the next starts.
 	t.Cleanup(func() { d.Stop(context.Background()) })
 	w := startWorkload(t, dev.MountPoint, files)
 

@@ -78,18 +78,10 @@ func runChild(args []string, pid uint32, in io.Reader, out io.Writer) error {
 	msgs := make(chan read)
 	stop := make(chan struct{})
 	defer close(stop)
-	// Chunk buffers go back here once compressed: reusing them spares
-	// the kernel faulting in and zeroing a chunk's worth of pages each
-	// time.
-	inputs := make(chan []byte, 2)
+	inputs := make(buffers, 2) // chunks, back once compressed
 	go func() {
 		for {
-			var buf []byte
-			select {
-			case buf = <-inputs:
-			default:
-			}
-			m, err := readMessage(r, "CFQ", uint32(chunkSize), buf)
+			m, err := readMessage(r, "CFQ", uint32(chunkSize), inputs)
 			select {
 			case msgs <- read{m, err}:
 			case <-stop:
@@ -107,9 +99,9 @@ func runChild(args []string, pid uint32, in io.Reader, out io.Writer) error {
 	}
 	compressed := make(chan block, 1)
 	var (
-		held        []block  // compressed, waiting for their flush
-		spare       [][]byte // buffers of flushed Blocks, for reuse
-		lzma2       []byte   // used by the compressing goroutine only
+		held        []block            // compressed, waiting for their flush
+		spare       = make(buffers, 2) // flushed Blocks' buffers
+		lzma2       []byte             // used by the compressing goroutine only
 		compressing bool
 		announced   bool // idle sent, no chunk received since
 	)
@@ -155,10 +147,6 @@ func runChild(args []string, pid uint32, in io.Reader, out io.Writer) error {
 					return &ProtocolError{PID: pid, Reason: fmt.Sprintf("chunk %d received while not idle", m.Chunk)}
 				}
 				announced, compressing = false, true
-				var buf []byte
-				if n := len(spare); n > 0 {
-					buf, spare = spare[n-1], spare[:n-1]
-				}
 				go func(id uint64, data, buf []byte) {
 					var err error
 					lzma2, err = enc.EncodeLZMA2(lzma2[:0], data)
@@ -166,16 +154,13 @@ func runChild(args []string, pid uint32, in io.Reader, out io.Writer) error {
 						compressed <- block{err: fmt.Errorf("compressing chunk %d: %w", id, err)}
 						return
 					}
-					buf = frameBlock(buf[:0], lzma2, data, p.DictSize)
+					buf = frameBlock(buf, lzma2, data, p.DictSize)
 					if len(buf) > BlockBound(len(data)) {
 						err = fmt.Errorf("chunk %d: block of %d bytes exceeds the bound", id, len(buf))
 					}
-					select {
-					case inputs <- data:
-					default:
-					}
+					inputs.put(data)
 					compressed <- block{id: id, data: buf, err: err}
-				}(m.Chunk, m.Data, buf)
+				}(m.Chunk, m.Data, spare.get(0))
 			case MsgFlush:
 				i := slices.IndexFunc(held, func(b block) bool { return b.id == m.Chunk })
 				if i < 0 {
@@ -186,9 +171,7 @@ func runChild(args []string, pid uint32, in io.Reader, out io.Writer) error {
 				if err := send(Message{Kind: MsgData, Chunk: b.id, Data: b.data}); err != nil {
 					return err
 				}
-				if cap(b.data) <= 2*BlockBound(chunkSize) {
-					spare = append(spare, b.data)
-				}
+				spare.put(b.data)
 			}
 		}
 		if err := announce(); err != nil {

@@ -88,13 +88,13 @@ type pool struct {
 	out    io.Writer
 	in     <-chan *chunk
 	slots  <-chan struct{} // receive one per written chunk, to let Write go on
-	free   chan<- []byte   // written chunks' buffers, for Write to reuse
+	free   buffers         // written chunks' buffers, for Write to reuse
 
 	children map[uint32]*child
 	events   chan event
-	blocks   chan []byte // written Blocks' buffers, for the readers to reuse
-	pending  []*chunk    // not assigned, by id
-	next     uint64      // next chunk to write
+	blocks   buffers  // written Blocks' buffers, for the readers to reuse
+	pending  []*chunk // not assigned, by id
+	next     uint64   // next chunk to write
 	records  []indexRecord
 	inBytes  int64
 	outBytes int64
@@ -252,18 +252,12 @@ func (p *pool) handle(ev event) error {
 		if err := p.write(m.Data); err != nil {
 			return err
 		}
-		select {
-		case p.blocks <- m.Data:
-		default:
-		}
+		p.blocks.put(m.Data)
 		p.records = append(p.records, rec)
 		p.inBytes += int64(len(ch.data))
 		p.next++
 		if ch.tries == 0 { // else a dead child's writer may still read it
-			select {
-			case p.free <- ch.data[:0]:
-			default:
-			}
+			p.free.put(ch.data)
 		}
 		c.flushing = nil
 		<-p.slots
@@ -380,12 +374,7 @@ func (p *pool) spawn(ctx context.Context) error {
 		defer p.wg.Done()
 		r := bufio.NewReaderSize(stdout, 64<<10)
 		for {
-			var buf []byte
-			select {
-			case buf = <-p.blocks:
-			default:
-			}
-			m, err := readMessage(r, "IDC", maxBlock, buf)
+			m, err := readMessage(r, "IDC", maxBlock, p.blocks)
 			if err == nil && m.PID != c.pid {
 				err = &ProtocolError{PID: c.pid, Reason: fmt.Sprintf("message claims to come from process %d", m.PID)}
 			}

@@ -95,9 +95,9 @@ func ReadMessage(r io.Reader, allowed string, maxSize uint32) (Message, error) {
 	return readMessage(r, allowed, maxSize, nil)
 }
 
-// readMessage is ReadMessage with the data of a data message read into
-// reuse when it is large enough (a fresh buffer otherwise).
-func readMessage(r io.Reader, allowed string, maxSize uint32, reuse []byte) (Message, error) {
+// readMessage is ReadMessage with the data of a data message read into a
+// buffer from bufs, taken once its size is known.
+func readMessage(r io.Reader, allowed string, maxSize uint32, bufs buffers) (Message, error) {
 	var hdr [5]byte
 	if _, err := io.ReadFull(r, hdr[:]); err != nil {
 		return Message{}, err
@@ -129,11 +129,7 @@ func readMessage(r io.Reader, allowed string, maxSize uint32, reuse []byte) (Mes
 	if size > maxSize {
 		return Message{}, &ProtocolError{PID: m.PID, Reason: fmt.Sprintf("data message of %d bytes exceeds the limit of %d", size, maxSize)}
 	}
-	if uint32(cap(reuse)) >= size {
-		m.Data = reuse[:size]
-	} else {
-		m.Data = make([]byte, size)
-	}
+	m.Data = bufs.get(int(size))
 	if _, err := io.ReadFull(r, m.Data); err != nil {
 		return Message{}, unexpectedEOF(err)
 	}

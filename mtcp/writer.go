@@ -20,7 +20,7 @@ type Writer struct {
 	nextID   uint64
 	chunks   chan *chunk
 	slots    chan struct{}
-	free     chan []byte
+	free     buffers
 	done     chan struct{}
 	err      error // the pool's result, set before done closes
 	closed   bool
@@ -59,7 +59,7 @@ func NewWriter(ctx context.Context, w io.Writer, o Options) (*Writer, error) {
 		children: n,
 		chunks:   make(chan *chunk),
 		slots:    make(chan struct{}, 2*n+2),
-		free:     make(chan []byte, 2),
+		free:     make(buffers, 2),
 		done:     make(chan struct{}),
 	}
 	p := &pool{
@@ -71,7 +71,7 @@ func NewWriter(ctx context.Context, w io.Writer, o Options) (*Writer, error) {
 		free:     wr.free,
 		children: map[uint32]*child{},
 		events:   make(chan event, 16),
-		blocks:   make(chan []byte, 2),
+		blocks:   make(buffers, 2),
 	}
 	go func() {
 		wr.err = p.run(ctx)
@@ -98,11 +98,7 @@ func (w *Writer) Write(p []byte) (int, error) {
 	n := 0
 	for len(p) > 0 {
 		if w.buf == nil {
-			select {
-			case w.buf = <-w.free:
-			default:
-				w.buf = make([]byte, 0, w.o.ChunkSize)
-			}
+			w.buf = w.free.get(w.o.ChunkSize)[:0]
 		}
 		k := min(len(p), w.o.ChunkSize-len(w.buf))
 		w.buf = append(w.buf, p[:k]...)

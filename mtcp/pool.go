@@ -307,13 +307,12 @@ func (p *pool) lost(c *child, readErr error) error {
 	}
 	p.deaths++
 	p.o.Logf("mtcp: child %d died (%v; %v) %s", c.pid, readErr, waitErr, c.stderr.String())
-	lost := slices.Clone(c.held)
+	lost := c.held // c is gone from p.children: its fields are ours
 	for _, ch := range []*chunk{c.busy, c.flushing} {
 		if ch != nil {
 			lost = append(lost, ch)
 		}
 	}
-	c.busy, c.held, c.flushing = nil, nil, nil
 	for _, ch := range lost {
 		ch.tries++
 		if ch.tries >= maxTries {

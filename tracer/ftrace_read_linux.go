@@ -130,14 +130,12 @@ func (st *cpuState) closePipe() {
 // readFull reads len(p) bytes from a pipe that holds them.
 func readFull(fd int, p []byte) error {
 	for len(p) > 0 {
-		n, err := unix.Read(fd, p)
-		switch {
-		case err == unix.EINTR:
-			continue
-		case err != nil:
+		n, err := readNonblock(fd, p)
+		if err != nil {
 			return err
-		case n == 0:
-			return fmt.Errorf("pipe closed with %d bytes missing", len(p))
+		}
+		if n == 0 {
+			return fmt.Errorf("pipe holds %d bytes fewer than spliced into it", len(p))
 		}
 		p = p[n:]
 	}

@@ -117,8 +117,8 @@ func DefineGuest(t testing.TB, o GuestOptions) *Guest {
 		o.Disks = []GuestDisk{{}}
 	}
 	dir := TempDir(t)
-	g := &Guest{Name: fmt.Sprintf("%s%d-%d", guestPrefix, os.Getpid(), guestSeq.Add(1))}
 	var disks strings.Builder
+	var paths []string
 	for i, d := range o.Disks {
 		if d.Format == "" {
 			d.Format = "raw"
@@ -128,7 +128,7 @@ func DefineGuest(t testing.TB, o GuestOptions) *Guest {
 		}
 		path := filepath.Join(dir, fmt.Sprintf("disk%d.%s", i, d.Format))
 		createDisk(t, path, d)
-		g.Disks = append(g.Disks, path)
+		paths = append(paths, path)
 		fmt.Fprintf(&disks, `    <disk type='file' device='disk'>
       <driver name='qemu' type='%s'/>
       <source file='%s'/>
@@ -136,6 +136,28 @@ func DefineGuest(t testing.TB, o GuestOptions) *Guest {
     </disk>
 `, d.Format, html.EscapeString(path), 'a'+i)
 	}
+	return defineGuest(t, dir, o.MemoryMiB, disks.String(), paths)
+}
+
+// VirtDefineGuest defines a persistent qemu guest (TCG, 64 MiB, no
+// operating system) like [DefineGuest], but with the <disk> elements the
+// test writes itself, for disks DefineGuest does not make: block devices,
+// qcow2 images with backing files. paths are the disks' sources, in target
+// order, for Guest.Disks. The guest is removed when the test ends; make
+// the disks (loop devices, images) before calling it, so that they are
+// released after the guest.
+func VirtDefineGuest(t testing.TB, disksXML string, paths ...string) *Guest {
+	t.Helper()
+	Require(t, Libvirtd)
+	return defineGuest(t, TempDir(t), 64, disksXML, paths)
+}
+
+// defineGuest defines a persistent TCG guest with no operating system and
+// the <disk> elements disksXML (whose sources are paths, in target order),
+// writing its XML in dir, and removes the guest when the test ends.
+func defineGuest(t testing.TB, dir string, memoryMiB int, disksXML string, paths []string) *Guest {
+	t.Helper()
+	g := &Guest{Name: fmt.Sprintf("%s%d-%d", guestPrefix, os.Getpid(), guestSeq.Add(1)), Disks: paths}
 	g.XML = fmt.Sprintf(`<domain type='qemu'>
   <name>%s</name>
   <memory unit='MiB'>%d</memory>
@@ -145,7 +167,7 @@ func DefineGuest(t testing.TB, o GuestOptions) *Guest {
     <emulator>/usr/bin/qemu-system-x86_64</emulator>
 %s  </devices>
 </domain>
-`, g.Name, o.MemoryMiB, disks.String())
+`, g.Name, memoryMiB, disksXML)
 	xmlPath := filepath.Join(dir, "domain.xml")
 	if err := os.WriteFile(xmlPath, []byte(g.XML), 0o644); err != nil {
 		t.Fatalf("testenv: %v", err)

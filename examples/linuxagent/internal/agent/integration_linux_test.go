@@ -199,6 +199,34 @@ func (p *cuttingProxy) uri() string {
 	return fmt.Sprintf("nbd://%s/%s", p.l.Addr(), testenv.ExportName)
 }
 
+// runThroughFaults runs a backup through proxy, restarting srv whenever
+// the proxy asks for it, and returns the backup's result and error, how
+// many times the proxy cut the connection, and whether srv restarted.
+func runThroughFaults(t *testing.T, proxy *cuttingProxy, srv *testenv.NBD, req agentapi.BackupRequest) (res agentapi.Result, cuts int, restarted bool, err error) {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() {
+		var err error
+		res, err = System.Run(context.Background(), Backup{Request: req})
+		done <- err
+	}()
+	for {
+		select {
+		case ack := <-proxy.restart:
+			srv.Restart(t)
+			restarted = true
+			close(ack)
+			continue
+		case err = <-done:
+		}
+		break
+	}
+	proxy.mu.Lock()
+	cuts = proxy.cuts
+	proxy.mu.Unlock()
+	return res, cuts, restarted, err
+}
+
 // TestNetworkFaultsDuringFullBackup cuts the connection to the NBD
 // server six times at random points of a full backup of a 1 GiB device
 // and restarts the server once: the backup resumes each time and the
@@ -213,34 +241,11 @@ func TestNetworkFaultsDuringFullBackup(t *testing.T) {
 	srv := testenv.StartNBD(t, testenv.QemuNBD, testenv.NBDOptions{Size: size})
 	proxy := newCuttingProxy(t, srv.Address, 6, 3, 4<<20, 24<<20)
 
-	type outcome struct {
-		res any
-		err error
+	res, cuts, restarted, err := runThroughFaults(t, proxy, srv, backupRequest(dev.Path, proxy.uri()))
+	if err != nil {
+		t.Fatalf("backup through the faulty network: %v", err)
 	}
-	done := make(chan outcome, 1)
-	go func() {
-		res, err := System.Run(context.Background(), Backup{Request: backupRequest(dev.Path, proxy.uri())})
-		done <- outcome{res, err}
-	}()
-	restarted := false
-	for {
-		select {
-		case ack := <-proxy.restart:
-			srv.Restart(t)
-			restarted = true
-			close(ack)
-			continue
-		case out := <-done:
-			if out.err != nil {
-				t.Fatalf("backup through the faulty network: %v", out.err)
-			}
-			t.Logf("result: %+v", out.res)
-		}
-		break
-	}
-	proxy.mu.Lock()
-	cuts := proxy.cuts
-	proxy.mu.Unlock()
+	t.Logf("result: %+v", res)
 	if cuts < 5 || !restarted {
 		t.Fatalf("only %d cuts (restart: %v): the backup was too small to test the faults", cuts, restarted)
 	}
@@ -275,31 +280,10 @@ func TestNetworkFaultsDuringDiffBackup(t *testing.T) {
 	proxy.replies = true
 	req := backupRequest(dev.Path, proxy.uri())
 	req.Mode = agentapi.Diff
-	done := make(chan error, 1)
-	var res agentapi.Result
-	go func() {
-		var err error
-		res, err = System.Run(context.Background(), Backup{Request: req})
-		done <- err
-	}()
-	restarted := false
-	for {
-		select {
-		case ack := <-proxy.restart:
-			srv.Restart(t)
-			restarted = true
-			close(ack)
-			continue
-		case err := <-done:
-			if err != nil {
-				t.Fatalf("diff through the faulty network: %v", err)
-			}
-		}
-		break
+	res, cuts, restarted, err := runThroughFaults(t, proxy, srv, req)
+	if err != nil {
+		t.Fatalf("diff through the faulty network: %v", err)
 	}
-	proxy.mu.Lock()
-	cuts := proxy.cuts
-	proxy.mu.Unlock()
 	if cuts < 3 || !restarted {
 		t.Fatalf("only %d cuts (restart: %v): the diff was too small to test the faults", cuts, restarted)
 	}

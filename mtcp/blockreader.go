@@ -11,6 +11,7 @@ import (
 	"hash/crc64"
 	"io"
 
+	"github.com/blockimage/blockimage/internal/iox"
 	"github.com/ulikunitz/xz/lzma"
 )
 
@@ -18,25 +19,13 @@ import (
 // than ReaderOptions.MaxDictSize allows.
 var ErrMemoryLimit = errors.New("mtcp: dictionary exceeds the memory limit")
 
-// countingReader counts the bytes read through it.
-type countingReader struct {
-	r io.Reader
-	n int64
-}
-
-func (c *countingReader) Read(p []byte) (int, error) {
-	n, err := c.r.Read(p)
-	c.n += int64(n)
-	return n, err
-}
-
 // blockReader decompresses one Block and verifies its sizes, padding and
 // check when its LZMA2 data ends.
 type blockReader struct {
 	br    *bufio.Reader
 	h     blockHeader
 	check byte
-	cr    countingReader
+	cr    iox.CountingReader
 	lz    *lzma.Reader2
 	sum   hash.Hash
 	n     int64 // uncompressed bytes so far
@@ -81,7 +70,7 @@ func newBlockReader(br *bufio.Reader, check byte, want, maxDict int64) (*blockRe
 	if h.compressedSize >= 0 {
 		src = io.LimitReader(br, h.compressedSize)
 	}
-	b.cr.r = src
+	b.cr.R = src
 	if b.lz, err = (lzma.Reader2Config{DictCap: int(dict)}).NewReader2(&b.cr); err != nil {
 		return nil, lzmaError(err)
 	}
@@ -126,11 +115,11 @@ func (b *blockReader) finish() error {
 	if b.want >= 0 && b.n != b.want {
 		return formatError("block holds %d bytes, header or index says %d", b.n, b.want)
 	}
-	if b.h.compressedSize >= 0 && b.cr.n != b.h.compressedSize {
-		return formatError("block's LZMA2 data is %d bytes, header says %d", b.cr.n, b.h.compressedSize)
+	if b.h.compressedSize >= 0 && b.cr.N != b.h.compressedSize {
+		return formatError("block's LZMA2 data is %d bytes, header says %d", b.cr.N, b.h.compressedSize)
 	}
 	var tail [64 + 3]byte
-	pad := int(padded4(int64(b.h.size)+b.cr.n) - int64(b.h.size) - b.cr.n)
+	pad := int(padded4(int64(b.h.size)+b.cr.N) - int64(b.h.size) - b.cr.N)
 	cs := checkSize(b.check)
 	if _, err := io.ReadFull(b.br, tail[:pad+cs]); err != nil {
 		return truncated(err)
@@ -150,7 +139,7 @@ func (b *blockReader) finish() error {
 			return formatError("block check mismatch: data is corrupt")
 		}
 	}
-	b.rec = indexRecord{unpadded: int64(b.h.size) + b.cr.n + int64(cs), uncompressed: b.n}
+	b.rec = indexRecord{unpadded: int64(b.h.size) + b.cr.N + int64(cs), uncompressed: b.n}
 	return nil
 }
 

@@ -10,6 +10,8 @@ import (
 	"hash"
 	"io"
 	"os"
+
+	"github.com/blockimage/blockimage/internal/iox"
 )
 
 const (
@@ -278,21 +280,9 @@ func FileSHA256(ctx context.Context, path string) (string, int64, error) {
 	}
 	defer f.Close()
 	h := sha256.New()
-	n, err := io.Copy(h, ctxReader{ctx, f})
+	n, err := io.Copy(h, iox.ContextReader{Ctx: ctx, R: f})
 	if err != nil {
 		return "", n, fmt.Errorf("virt: reading %s: %w", path, err)
 	}
 	return hex.EncodeToString(h.Sum(nil)), n, nil
-}
-
-type ctxReader struct {
-	ctx context.Context
-	r   io.Reader
-}
-
-func (r ctxReader) Read(p []byte) (int, error) {
-	if err := r.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return r.r.Read(p)
 }

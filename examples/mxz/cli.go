@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/blockimage/blockimage/internal/iox"
 	"github.com/blockimage/blockimage/mtcp"
 	"github.com/blockimage/blockimage/mtcp/liblzma"
 )
@@ -257,21 +258,10 @@ func inputSize(in io.Reader) int64 {
 	return 0
 }
 
-type countWriter struct {
-	w io.Writer
-	n int64
-}
-
-func (cw *countWriter) Write(p []byte) (int, error) {
-	n, err := cw.w.Write(p)
-	cw.n += int64(n)
-	return n, err
-}
-
 // transform compresses or decompresses in to out and returns the bytes
 // read and written.
 func (c config) transform(ctx context.Context, in io.Reader, out io.Writer) (int64, int64, error) {
-	cw := &countWriter{w: out}
+	cw := &iox.CountingWriter{W: out}
 	if c.mode == compressMode {
 		w, err := mtcp.NewWriter(ctx, cw, mtcp.Options{
 			Level: c.level, Children: c.threads, Codec: c.codec, ChunkSize: c.blockSize,
@@ -284,7 +274,7 @@ func (c config) transform(ctx context.Context, in io.Reader, out io.Writer) (int
 		if cerr := w.Close(); err == nil {
 			err = cerr
 		}
-		return n, cw.n, err
+		return n, cw.N, err
 	}
 	r, err := mtcp.NewReader(ctx, in, mtcp.ReaderOptions{Workers: c.threads})
 	if err != nil {
@@ -292,5 +282,5 @@ func (c config) transform(ctx context.Context, in io.Reader, out io.Writer) (int
 	}
 	defer r.Close()
 	_, err = io.Copy(cw, r)
-	return inputSize(in), cw.n, err
+	return inputSize(in), cw.N, err
 }

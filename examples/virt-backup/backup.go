@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/blockimage/blockimage/internal/iox"
 	"github.com/blockimage/blockimage/virt"
 )
 
@@ -496,7 +497,7 @@ func copyDisk(ctx context.Context, o backupOptions, domain string, p plannedDisk
 		dk.Stored = virt.StoredFile{File: storedName, Size: size, SHA256: dg.SHA256}
 	} else {
 		h := sha256.New()
-		cw := &countWriter{w: io.MultiWriter(out, h)}
+		cw := &iox.CountingWriter{W: io.MultiWriter(out, h)}
 		zw, err := o.codec.newWriter(ctx, cw)
 		if err != nil {
 			return diskResult{}, dk, err
@@ -512,7 +513,7 @@ func copyDisk(ctx context.Context, o backupOptions, domain string, p plannedDisk
 			return diskResult{}, dk, err
 		}
 		dk.Compression = o.codec.name()
-		dk.Stored = virt.StoredFile{File: storedName, Size: cw.n, SHA256: hex.EncodeToString(h.Sum(nil))}
+		dk.Stored = virt.StoredFile{File: storedName, Size: cw.N, SHA256: hex.EncodeToString(h.Sum(nil))}
 	}
 	dk.SHA256 = dg.SHA256
 	ok = true
@@ -562,17 +563,6 @@ func adoptCopy(ctx context.Context, o backupOptions, p plannedDisk, dk virt.Disk
 		Target: p.disk.Target, Source: p.disk.Source, File: storedName, Size: size, DataBytes: dg.DataBytes,
 		StoredBytes: size, SHA256: dg.SHA256, Flattened: dk.Flattened,
 	}, dk, nil
-}
-
-type countWriter struct {
-	w io.Writer
-	n int64
-}
-
-func (c *countWriter) Write(p []byte) (int, error) {
-	n, err := c.w.Write(p)
-	c.n += int64(n)
-	return n, err
 }
 
 // writeNew writes data to path, which must not exist.

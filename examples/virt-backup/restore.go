@@ -12,6 +12,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/blockimage/blockimage/internal/iox"
 	"github.com/blockimage/blockimage/virt"
 )
 
@@ -389,7 +390,7 @@ func copyVerified(ctx context.Context, src, dst string, f virt.StoredFile) (err 
 		}
 	}()
 	h := sha256.New()
-	n, err := io.Copy(io.MultiWriter(out, h), io.LimitReader(ctxReader{ctx, in}, f.Size+1))
+	n, err := io.Copy(io.MultiWriter(out, h), io.LimitReader(iox.ContextReader{Ctx: ctx, R: in}, f.Size+1))
 	if err != nil {
 		return err
 	}
@@ -406,18 +407,6 @@ func openNoFollow(path string) (*os.File, error) {
 	return os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
 }
 
-type ctxReader struct {
-	ctx context.Context
-	r   io.Reader
-}
-
-func (r ctxReader) Read(p []byte) (int, error) {
-	if err := r.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return r.r.Read(p)
-}
-
 // hashStream hashes r, reading at most limit+1 bytes, and returns the hex
 // SHA-256, the length read, and the bytes in 4 KiB blocks that are not all
 // zero (those a restore writes as data).
@@ -427,7 +416,7 @@ func hashStream(ctx context.Context, r io.Reader, limit int64, progress func(don
 	buf := make([]byte, 1<<20)
 	zero := make([]byte, grain)
 	var n, data int64
-	lr := io.LimitReader(ctxReader{ctx, r}, limit+1)
+	lr := io.LimitReader(iox.ContextReader{Ctx: ctx, R: r}, limit+1)
 	for {
 		// Whole buffers, so that grains stay aligned to the image.
 		k, err := io.ReadFull(lr, buf)

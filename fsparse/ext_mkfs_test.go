@@ -6,7 +6,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -158,8 +157,8 @@ func TestExtFilled(t *testing.T) {
 			c := testenv.AttachLoop(t, extCopyExtents(t, d.Path, es))
 			c.FSType = sh.fstype
 			mp := c.Mount(t, "ro")
-			if got := testenv.TreeDigest(t, mp); !reflect.DeepEqual(got, want) {
-				t.Fatalf("the copy of the in-use extents holds %d files differing from the source's %d", len(got), len(want))
+			if d := testenv.TreeDiff(want, testenv.TreeDigest(t, mp)); d != "" {
+				t.Fatalf("the copy of the in-use extents differs from the source: %s", d)
 			}
 		})
 	}
@@ -235,8 +234,8 @@ func TestExtNeedsRecovery(t *testing.T) {
 
 			c := testenv.AttachLoop(t, backup)
 			c.FSType = sh.fstype
-			if got := testenv.TreeDigest(t, c.Mount(t, "ro")); !reflect.DeepEqual(got, want) {
-				t.Fatalf("the backup of the in-use extents holds %d files differing from the source's %d", len(got), len(want))
+			if d := testenv.TreeDiff(want, testenv.TreeDigest(t, c.Mount(t, "ro"))); d != "" {
+				t.Fatalf("the backup of the in-use extents differs from the source: %s", d)
 			}
 		})
 	}

@@ -89,13 +89,8 @@ func TestBinaryBackupAndRestore(t *testing.T) {
 	mp := rl.Mount(t, "ro", "noload")
 	got := testenv.TreeDigest(t, mp)
 	rl.Unmount(t)
-	if len(got) != len(want) {
-		t.Fatalf("restored %d files, want %d", len(got), len(want))
-	}
-	for p, sum := range want {
-		if got[p] != sum {
-			t.Fatalf("restored %s differs", p)
-		}
+	if d := testenv.TreeDiff(want, got); d != "" {
+		t.Fatalf("restored tree: %s", d)
 	}
 	if out, err := exec.Command("e2fsck", "-fn", restored).CombinedOutput(); err != nil {
 		t.Fatalf("e2fsck -fn on the restored image: %v\n%s", err, out)

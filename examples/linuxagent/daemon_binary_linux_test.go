@@ -135,13 +135,8 @@ func TestBinaryDaemon(t *testing.T) {
 	rl.FSType = "ext4"
 	got := testenv.TreeDigest(t, rl.Mount(t, "ro", "noload"))
 	rl.Unmount(t)
-	if len(got) != len(want) {
-		t.Fatalf("restored %d files, want %d", len(got), len(want))
-	}
-	for p, sum := range want {
-		if got[p] != sum {
-			t.Fatalf("restored %s differs", p)
-		}
+	if d := testenv.TreeDiff(want, got); d != "" {
+		t.Fatalf("restored tree: %s", d)
 	}
 }
 

@@ -7,9 +7,11 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"maps"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 )
 
@@ -126,6 +128,26 @@ func TreeDigest(t testing.TB, dir string) map[string]string {
 		t.Fatalf("testenv: digest of %s: %v", dir, err)
 	}
 	return sums
+}
+
+// TreeDiff compares two TreeDigest results and describes the first
+// difference (a file missing, added or with other contents), or returns
+// "" when the trees are equal.
+func TreeDiff(want, got map[string]string) string {
+	for _, p := range slices.Sorted(maps.Keys(want)) {
+		switch sum, ok := got[p]; {
+		case !ok:
+			return fmt.Sprintf("%s is missing (%d files, want %d)", p, len(got), len(want))
+		case sum != want[p]:
+			return fmt.Sprintf("%s differs", p)
+		}
+	}
+	for _, p := range slices.Sorted(maps.Keys(got)) {
+		if _, ok := want[p]; !ok {
+			return fmt.Sprintf("%s should not be there (%d files, want %d)", p, len(got), len(want))
+		}
+	}
+	return ""
 }
 
 // fillRandom fills b with bytes from rng.

@@ -214,3 +214,20 @@ func TestExclusiveSerialises(t *testing.T) {
 		t.Fatal("another process took the lock while this test held it")
 	}
 }
+
+func TestTreeDiff(t *testing.T) {
+	want := map[string]string{"a": "1", "b": "2"}
+	for _, tc := range []struct {
+		got  map[string]string
+		diff string
+	}{
+		{map[string]string{"a": "1", "b": "2"}, ""},
+		{map[string]string{"a": "1"}, "b is missing (1 files, want 2)"},
+		{map[string]string{"a": "1", "b": "3"}, "b differs"},
+		{map[string]string{"a": "1", "b": "2", "c": "3"}, "c should not be there (3 files, want 2)"},
+	} {
+		if d := TreeDiff(want, tc.got); d != tc.diff {
+			t.Errorf("TreeDiff(%v, %v) = %q, want %q", want, tc.got, d, tc.diff)
+		}
+	}
+}

@@ -137,13 +137,8 @@ func endToEnd(t *testing.T, fstype string) {
 	mp := rl.Mount(t, mountOpts...)
 	got := testenv.TreeDigest(t, mp)
 	rl.Unmount(t)
-	if len(got) != len(want) {
-		t.Fatalf("restored tree has %d files, the source %d", len(got), len(want))
-	}
-	for p, sum := range want {
-		if got[p] != sum {
-			t.Fatalf("restored %s differs from the source", p)
-		}
+	if d := testenv.TreeDiff(want, got); d != "" {
+		t.Fatalf("restored tree against the source: %s", d)
 	}
 	if out, err := exec.Command(fsck[0], append(fsck[1:], rl.Path)...).CombinedOutput(); err != nil {
 		t.Fatalf("%s on the restored image: %v\n%s", fsck[0], err, out)

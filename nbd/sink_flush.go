@@ -231,18 +231,9 @@ func (s *Sink) resendAll(ctx context.Context) error {
 			}
 		}
 		for len(s.inflight) > 0 {
-			x := s.inflight[0]
-			if err := x.cn.wait(ctx, x.r); err != nil {
-				if err := s.retryable(x, err); err != nil {
-					return err
-				}
-				s.dropInflight(x)
-				if err := s.sendRaw(ctx, x); err != nil {
-					return err
-				}
-				continue
+			if err := s.settle(ctx, s.inflight[0]); err != nil {
+				return err
 			}
-			s.acked(x)
 		}
 		cn := s.client.pick()
 		r := &request{cmd: cmdFlush}
@@ -284,21 +275,27 @@ func (s *Sink) waitOverlapping(ctx context.Context, w *sinkWrite) error {
 		if !overlaps(x, w) {
 			continue
 		}
-		if err := x.cn.wait(ctx, x.r); err != nil {
-			if err := s.retryable(x, err); err != nil {
-				return err
-			}
-			// The older write failed: send it again before w.
-			s.dropInflight(x)
-			if err := s.sendRaw(ctx, x); err != nil {
-				return err
-			}
-			i = -1
-			continue
+		// A failed older write is sent again, before w.
+		if err := s.settle(ctx, x); err != nil {
+			return err
 		}
-		s.acked(x)
 		i = -1
 	}
+	return nil
+}
+
+// settle waits for the reply to x during a resend: acknowledged, x leaves
+// the in-flight list; failed within the retry budget, it is sent again
+// (and is in flight once more, at the end of the list).
+func (s *Sink) settle(ctx context.Context, x *sinkWrite) error {
+	if err := x.cn.wait(ctx, x.r); err != nil {
+		if err := s.retryable(x, err); err != nil {
+			return err
+		}
+		s.dropInflight(x)
+		return s.sendRaw(ctx, x)
+	}
+	s.acked(x)
 	return nil
 }
 

@@ -70,3 +70,17 @@ func (b *FileBackend) Size() int64 { return b.size }
 
 // Close closes the file.
 func (b *FileBackend) Close() error { return b.f.Close() }
+
+// writeZeroes writes length zero bytes at off, where the file system
+// cannot zero a range by itself.
+func (b *FileBackend) writeZeroes(off, length int64) error {
+	for length > 0 {
+		n := min(length, int64(len(zeroPage)))
+		if _, err := b.f.WriteAt(zeroPage[:n], off); err != nil {
+			return err
+		}
+		off += n
+		length -= n
+	}
+	return nil
+}

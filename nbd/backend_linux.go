@@ -40,18 +40,6 @@ func (b *FileBackend) Zero(off, length int64) error {
 	return nil
 }
 
-func (b *FileBackend) writeZeroes(off, length int64) error {
-	for length > 0 {
-		n := min(length, int64(len(zeroPage)))
-		if _, err := b.f.WriteAt(zeroPage[:n], off); err != nil {
-			return err
-		}
-		off += n
-		length -= n
-	}
-	return nil
-}
-
 // Allocation finds data and holes with lseek(2) SEEK_DATA and SEEK_HOLE
 // (it uses no file offset the other methods rely on: they use pread and
 // pwrite).

@@ -9,17 +9,7 @@ func (b *FileBackend) Sync() error { return b.f.Sync() }
 func (b *FileBackend) Punch(off, length int64) error { return b.Zero(off, length) }
 
 // Zero writes zeroes.
-func (b *FileBackend) Zero(off, length int64) error {
-	for length > 0 {
-		n := min(length, int64(len(zeroPage)))
-		if _, err := b.f.WriteAt(zeroPage[:n], off); err != nil {
-			return err
-		}
-		off += n
-		length -= n
-	}
-	return nil
-}
+func (b *FileBackend) Zero(off, length int64) error { return b.writeZeroes(off, length) }
 
 // Allocation reports everything as data.
 func (b *FileBackend) Allocation(off, length int64) ([]BlockExtent, error) {

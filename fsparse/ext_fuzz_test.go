@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
-	"io"
 	"testing"
 )
 
@@ -60,7 +59,7 @@ func FuzzExtImage(f *testing.F) {
 				extFixBitmapCsums(patch, base)
 			}
 		}
-		img := &extOverlay{patch: patch, at: extFuzzOff, base: base}
+		img := &overlay{patch: patch, at: extFuzzOff, base: base}
 		info, es, err := InUse(context.Background(), img, int64(len(base)))
 		if err != nil {
 			return
@@ -78,29 +77,6 @@ func FuzzExtImage(f *testing.F) {
 			t.Fatalf("used %d, extents sum %d, free %d, total %d", info.UsedBytes, used, info.FreeBytes, info.TotalBytes)
 		}
 	})
-}
-
-// extOverlay reads as base with patch written at offset at, so that a
-// fuzz run does not copy the whole image per input.
-type extOverlay struct {
-	patch, base []byte
-	at          int64
-}
-
-func (o *extOverlay) ReadAt(p []byte, off int64) (int, error) {
-	if off < 0 || off >= int64(len(o.base)) {
-		return 0, io.EOF
-	}
-	n := copy(p, o.base[off:])
-	// The part of [off, off+n) that the patch covers.
-	lo, hi := max(off, o.at), min(off+int64(n), o.at+int64(len(o.patch)))
-	if lo < hi {
-		copy(p[lo-off:hi-off], o.patch[lo-o.at:])
-	}
-	if n < len(p) {
-		return n, io.EOF
-	}
-	return n, nil
 }
 
 // FuzzExtJournal overwrites the start of the journal (its superblock and
@@ -123,7 +99,7 @@ func FuzzExtJournal(f *testing.F) {
 	const n = 3 << 10
 	f.Add(base[at : at+n])
 	f.Fuzz(func(t *testing.T, patch []byte) {
-		img := &extOverlay{patch: patch[:min(len(patch), n)], at: at, base: base}
+		img := &overlay{patch: patch[:min(len(patch), n)], at: at, base: base}
 		info, es, err := InUse(context.Background(), img, int64(len(base)))
 		if err != nil {
 			return

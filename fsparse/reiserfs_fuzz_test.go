@@ -43,7 +43,7 @@ func FuzzReiserFS(f *testing.F) {
 		i := int(which) % len(bases)
 		base := bases[i]
 		at := regions[i][int(region)%len(regions[i])]
-		img := &xrOverlay{base: base, patch: patch[:min(len(patch), reiserFuzzLen)], at: at}
+		img := &overlay{base: base, patch: patch[:min(len(patch), reiserFuzzLen)], at: at}
 		size := int64(len(base))
 		info, used, err := InUse(context.Background(), img, size)
 		if err != nil {

@@ -114,7 +114,7 @@ func FuzzXFSImage(f *testing.F) {
 				patch = whole
 			}
 		}
-		img := &xrOverlay{base: b.img, patch: patch, at: at}
+		img := &overlay{base: b.img, patch: patch, at: at}
 		size := int64(len(b.img))
 		info, used, err := InUse(context.Background(), img, size)
 		if err != nil {

@@ -111,29 +111,6 @@ func xrCheckMap(t *testing.T, info Info, used []Extent, size int64) {
 	}
 }
 
-// xrOverlay is a base image with patch laid over it at offset at.
-type xrOverlay struct {
-	base  []byte
-	patch []byte
-	at    int64
-}
-
-func (o *xrOverlay) ReadAt(p []byte, off int64) (int, error) {
-	if off < 0 || off >= int64(len(o.base)) {
-		return 0, io.EOF
-	}
-	n := copy(p, o.base[off:])
-	// Lay the part of the patch that overlaps [off, off+n).
-	lo, hi := max(off, o.at), min(off+int64(n), o.at+int64(len(o.patch)))
-	if lo < hi {
-		copy(p[lo-off:hi-off], o.patch[lo-o.at:hi-o.at])
-	}
-	if n < len(p) {
-		return n, io.EOF
-	}
-	return n, nil
-}
-
 // BenchmarkXFSInUse and BenchmarkReiserFSInUse map the testdata images
 // from memory: the parsing cost alone, without I/O. bench/fsparse-map
 // times real 4 GiB images beside partclone.

@@ -124,9 +124,8 @@ func startClassic(ctx context.Context, d *blockDevice, set *Set, o Options) (_ *
 		}
 		var pending []byte
 		buf := make([]byte, 256<<10)
-		r, err := newCPUReader(cpu, rfd, func(drainMode) error { return c.drain(rfd, buf, &pending) })
+		r, err := newCPUReader(cpu, rfd, p, func(drainMode) error { return c.drain(rfd, buf, &pending) })
 		if err != nil {
-			unix.Close(rfd)
 			return nil, err
 		}
 		c.readers = append(c.readers, r)
@@ -221,8 +220,7 @@ func (c *classicSource) stop() error {
 
 func (c *classicSource) teardown() error {
 	for _, r := range c.readers {
-		unix.Close(r.fd)
-		unix.Close(r.efd)
+		r.close()
 	}
 	blkIoctl(c.devFD, ioctlBlkTraceStop, nil)
 	err := blkIoctl(c.devFD, ioctlBlkTraceTeardown, nil)

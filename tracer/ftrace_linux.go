@@ -195,9 +195,8 @@ func newFtraceSession(o Options) (_ *ftraceSession, err error) {
 			return nil, fmt.Errorf("tracer: open %s: %w", filepath.Join(c, "trace_pipe_raw"), err)
 		}
 		st.openPipe(f.pageSize)
-		r, err := newCPUReader(cpu, st.fd, func(m drainMode) error { return f.drain(st, m) })
+		r, err := newCPUReader(cpu, st.fd, filepath.Join(c, "trace_pipe_raw"), func(m drainMode) error { return f.drain(st, m) })
 		if err != nil {
-			unix.Close(st.fd)
 			st.closePipe()
 			return nil, err
 		}
@@ -322,8 +321,7 @@ func (f *ftraceSession) close() error {
 		case <-r.done:
 		default:
 			// Never started (Start failed): close the files here.
-			unix.Close(r.fd)
-			unix.Close(r.efd)
+			r.close()
 		}
 	}
 	for _, st := range f.states {

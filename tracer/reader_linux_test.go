@@ -1,0 +1,156 @@
+package tracer
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// pipeReader is a cpuReader over a pipe, with a drain that empties the
+// pipe and records each drain's mode and what it read.
+type pipeReader struct {
+	*cpuReader
+	w      int // the pipe's write end
+	mu     sync.Mutex
+	drains []drainMode
+	got    []byte
+	signal chan drainMode
+}
+
+func newPipeReader(t *testing.T, poll bool, interval time.Duration) *pipeReader {
+	t.Helper()
+	var p [2]int
+	if err := unix.Pipe2(p[:], unix.O_NONBLOCK|unix.O_CLOEXEC); err != nil {
+		t.Fatal(err)
+	}
+	testForcePoll.Store(poll)
+	defer testForcePoll.Store(false)
+	pr := &pipeReader{w: p[1], signal: make(chan drainMode, 1024)}
+	r, err := newCPUReader(0, p[0], "pipe", func(m drainMode) error {
+		buf := make([]byte, 4096)
+		var got []byte
+		for {
+			n, err := readNonblock(p[0], buf)
+			if err != nil {
+				return err
+			}
+			if n == 0 {
+				break
+			}
+			got = append(got, buf[:n]...)
+		}
+		pr.mu.Lock()
+		pr.drains = append(pr.drains, m)
+		pr.got = append(pr.got, got...)
+		pr.mu.Unlock()
+		select {
+		case pr.signal <- m:
+		default:
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := r.conn == nil; got != poll {
+		t.Fatalf("reader waits in poll(2): %v, want %v", got, poll)
+	}
+	pr.cpuReader = r
+	go r.run(interval, nil)
+	t.Cleanup(func() {
+		select {
+		case <-r.done:
+		default:
+			stopAll([]*cpuReader{r})
+		}
+		unix.Close(p[1])
+	})
+	return pr
+}
+
+func (pr *pipeReader) received() string {
+	pr.mu.Lock()
+	defer pr.mu.Unlock()
+	return string(pr.got)
+}
+
+// TestCPUReaderWakes checks both ways a reader waits (the runtime poller
+// and poll(2)): data wakes it for a drain of complete pages, a flush gets
+// a full drain that starts after it was asked for, and a stop drains one
+// last time. The interval is an hour, so no wait ends by timing out: a
+// lost wake-up hangs the flush, and the context ends the test.
+func TestCPUReaderWakes(t *testing.T) {
+	for _, poll := range []bool{false, true} {
+		t.Run(fmt.Sprintf("poll=%v", poll), func(t *testing.T) {
+			pr := newPipeReader(t, poll, time.Hour)
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+
+			unix.Write(pr.w, []byte("data"))
+			for m := range pr.signal {
+				if m != drainPages {
+					t.Fatalf("drain mode %d after data, want drainPages", m)
+				}
+				if pr.received() == "data" {
+					break
+				}
+			}
+
+			// Each flush's drain must see what was written before it.
+			// Many rounds, so that flushes land at every point of the
+			// reader's loop.
+			written := "data"
+			for i := range 2000 {
+				msg := fmt.Sprintf("<%d>", i)
+				unix.Write(pr.w, []byte(msg))
+				written += msg
+				if err := flushAll(ctx, []*cpuReader{pr.cpuReader}); err != nil {
+					t.Fatalf("flush %d: %v", i, err)
+				}
+				if got := pr.received(); got != written {
+					t.Fatalf("flush %d returned before its drain read %q (have %q)", i, msg, got[max(0, len(got)-20):])
+				}
+			}
+			pr.mu.Lock()
+			last := pr.drains[len(pr.drains)-1]
+			pr.mu.Unlock()
+			if last != drainAll {
+				t.Fatalf("a flush's drain had mode %d, want drainAll", last)
+			}
+
+			unix.Write(pr.w, []byte("end"))
+			stopAll([]*cpuReader{pr.cpuReader})
+			if got := pr.received(); got[len(got)-3:] != "end" {
+				t.Fatalf("stop did not drain: %q", got[max(0, len(got)-20):])
+			}
+			if _, err := unix.FcntlInt(uintptr(pr.fd), unix.F_GETFD, 0); err != unix.EBADF {
+				t.Fatalf("trace file still open after stop: %v", err)
+			}
+			if err := flushAll(ctx, []*cpuReader{pr.cpuReader}); err != ErrStopped {
+				t.Fatalf("flush after stop: %v, want ErrStopped", err)
+			}
+		})
+	}
+}
+
+// TestCPUReaderQuietDrain checks that a reader with no data still drains
+// (drainQuiet) when its interval passes, in both ways of waiting.
+func TestCPUReaderQuietDrain(t *testing.T) {
+	for _, poll := range []bool{false, true} {
+		t.Run(fmt.Sprintf("poll=%v", poll), func(t *testing.T) {
+			pr := newPipeReader(t, poll, time.Millisecond)
+			select {
+			case m := <-pr.signal:
+				if m != drainQuiet {
+					t.Fatalf("drain mode %d with no data and no flush, want drainQuiet", m)
+				}
+			case <-time.After(time.Minute):
+				t.Fatal("no drain after the interval passed")
+			}
+		})
+	}
+}

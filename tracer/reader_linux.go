@@ -22,7 +22,7 @@ import (
 //
 // It waits in Go's runtime poller (epoll), not in a poll(2) system call:
 // a goroutine blocked in a system call keeps the runtime's monitor thread
-// waking every few microseconds to take its P back, over a thousand
+// waking every few microseconds to take its P back, about a thousand
 // wake-ups a second that each take a CPU from the workload being traced
 // (measured with fio on a loop device). A goroutine parked in the poller
 // costs nothing until its file or its deadline fires. Files the poller
@@ -37,7 +37,9 @@ type cpuReader struct {
 	reqs  chan chan error
 	stopc chan struct{}
 	done  chan struct{}
-	once  sync.Once // closes the files
+
+	closeMu sync.Mutex // wake does not write to a closed (perhaps reused) eventfd
+	closed  bool
 }
 
 // drainMode says how much of a CPU's buffer a drain must take.
@@ -93,18 +95,26 @@ func newCPUReader(cpu, fd int, name string, drain func(drainMode) error) (*cpuRe
 
 // close closes the trace file and the eventfd, once.
 func (c *cpuReader) close() {
-	c.once.Do(func() {
+	c.closeMu.Lock()
+	defer c.closeMu.Unlock()
+	if !c.closed {
+		c.closed = true
 		c.file.Close()
 		if c.efd >= 0 {
 			unix.Close(c.efd)
 		}
-	})
+	}
 }
 
 // wake interrupts the reader's wait. The caller queued its request (or
 // closed stopc) before: the reader looks for requests after it armed its
 // wait and before it waits, so a wake between the two is not lost.
 func (c *cpuReader) wake() {
+	c.closeMu.Lock()
+	defer c.closeMu.Unlock()
+	if c.closed {
+		return // the reader has stopped: nothing to wake
+	}
 	if c.conn != nil {
 		c.file.SetReadDeadline(time.Unix(1, 0)) // in the past: ends the wait now
 		return

@@ -79,25 +79,7 @@ func (m *markers) write(cpus []int, gen uint64) ([]int, error) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			// The thread stays locked: Go ends it with the goroutine,
-			// so its CPU affinity never leaks to other goroutines.
-			runtime.LockOSThread()
-			var set unix.CPUSet
-			set.Set(cpu)
-			if err := unix.SchedSetaffinity(0, &set); err != nil {
-				if err == unix.EINVAL && !cpuOnline(cpu) {
-					errs[i] = errOffline
-					return
-				}
-				// An online CPU outside our cpuset (a container, taskset)
-				// still runs writers: without a marker there, the barrier
-				// would rest on the drain alone.
-				errs[i] = fmt.Errorf("pin to cpu%d: %w", cpu, err)
-				return
-			}
-			if _, err := unix.Write(m.fd, msg); err != nil {
-				errs[i] = fmt.Errorf("trace_marker on cpu%d: %w", cpu, err)
-			}
+			errs[i] = m.writeOn(cpu, msg)
 		}()
 	}
 	wg.Wait()
@@ -115,6 +97,45 @@ func (m *markers) write(cpus []int, gen uint64) ([]int, error) {
 }
 
 var errOffline = errors.New("cpu offline")
+
+// writeOn writes msg to trace_marker from a thread pinned to cpu, so that
+// the marker lands in that CPU's ring.
+//
+// The thread gets its CPU affinity back before the goroutine unlocks it.
+// A goroutine that exits while locked ends its thread instead, and a
+// thread's end is what Pdeathsig watches: every child that thread had
+// started with Pdeathsig (test servers, mtcp's compressors, the caller's
+// own) would be killed with it.
+func (m *markers) writeOn(cpu int, msg []byte) error {
+	runtime.LockOSThread()
+	var old unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &old); err != nil {
+		runtime.UnlockOSThread()
+		return fmt.Errorf("cpu affinity: %w", err)
+	}
+	var set unix.CPUSet
+	set.Set(cpu)
+	if err := unix.SchedSetaffinity(0, &set); err != nil {
+		runtime.UnlockOSThread()
+		if err == unix.EINVAL && !cpuOnline(cpu) {
+			return errOffline
+		}
+		// An online CPU outside our cpuset (a container, taskset)
+		// still runs writers: without a marker there, the barrier
+		// would rest on the drain alone.
+		return fmt.Errorf("pin to cpu%d: %w", cpu, err)
+	}
+	_, err := unix.Write(m.fd, msg)
+	// Should the old affinity not come back, the thread stays locked and
+	// ends with the goroutine: its pinning must not leak to others.
+	if unix.SchedSetaffinity(0, &old) == nil {
+		runtime.UnlockOSThread()
+	}
+	if err != nil {
+		return fmt.Errorf("trace_marker on cpu%d: %w", cpu, err)
+	}
+	return nil
+}
 
 // cpuOnline reports whether cpu is in /sys/devices/system/cpu/online
 // (per_cpu holds a directory for every possible CPU, present or not).

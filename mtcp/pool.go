@@ -351,7 +351,6 @@ func (p *pool) spawn(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	dieWithParent(cmd)
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		return err
@@ -362,7 +361,7 @@ func (p *pool) spawn(ctx context.Context) error {
 	}
 	tail := &tailBuffer{}
 	cmd.Stderr = tail
-	if err := cmd.Start(); err != nil {
+	if err := startChild(cmd); err != nil {
 		return fmt.Errorf("mtcp: starting child: %w", err)
 	}
 	c := &child{pid: uint32(cmd.Process.Pid), cmd: cmd, send: make(chan Message, 4), stderr: tail}

@@ -349,6 +349,37 @@ func TestOverrunMarksIncomplete(t *testing.T) {
 	t.Logf("set incomplete as it must be: %s", why)
 }
 
+// TestFullRingWakesTheReaders writes several times what the ring holds
+// with a poll interval of an hour: only the kernel's wake-ups (the ring
+// reaching buffer_percent) make the readers drain before Flush, so the set
+// stays complete only if those wake-ups keep coming. (They stopped after
+// the first one when the readers moved to the runtime poller's
+// edge-triggered epoll, until the readers polled the file before each
+// wait.)
+func TestFullRingWakesTheReaders(t *testing.T) {
+	requireTracing(t)
+	d := testenv.NewLoopDevice(t, 256<<20)
+	// 1408 KiB per CPU, the kernel's default, whatever this machine's
+	// setting: 32768 writes of four events of about 52 bytes are 6.8 MB.
+	// At 20,000 writes a second the readers have about 170 ms to answer a
+	// wake-up before the ring overruns, so that a machine busy with other
+	// tests does not fail this one; without wake-ups it overruns anyway.
+	tr := startTracer(t, d.Path, Options{PollInterval: time.Hour, BufferSizeKB: 1408})
+	run(t, "fio", "--name=flood", "--filename="+d.Path, "--size=256M", "--io_size=128M",
+		"--rw=randwrite", "--bs=4k", "--direct=1", "--ioengine=libaio", "--iodepth=16",
+		"--rate_iops=20000", "--randrepeat=1", "--norandommap", "--output=/dev/null")
+	n, err := tr.Cut(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ok, why := tr.Set().Complete(); !ok {
+		t.Fatalf("the readers did not keep up with 128 MiB of writes: %s", why)
+	}
+	if c := tr.Set().Count(n); c < 16384 {
+		t.Fatalf("%d blocks traced of 32768 random writes over 65536 blocks", c)
+	}
+}
+
 // TestRefusesBusyFtraceAndRestores checks that Start leaves another user's
 // tracer alone, and that Stop puts back what Start changed.
 func TestRefusesBusyFtraceAndRestores(t *testing.T) {

@@ -143,7 +143,7 @@ func (c *cpuReader) wait(interval time.Duration) (readable bool, waiters []chan 
 			// becomes readable.
 			if first {
 				first = false
-				return false
+				return c.pollNow()
 			}
 			return true
 		})
@@ -165,6 +165,24 @@ func (c *cpuReader) wait(interval time.Duration) (readable bool, waiters []chan 
 	// that follows, which starts after they were made.
 	waiters, stopping = c.requests(waiters)
 	return readable, waiters, stopping
+}
+
+// pollNow asks the kernel, without waiting, whether the file is readable.
+// The call is not only a check: the ftrace ring wakes its pollers only
+// after a poll found it below the watermark (buffer_percent), and the
+// runtime poller's epoll, edge-triggered, polls the file only when it
+// reports it. Without this call, the first wake-up that arrived while the
+// reader was draining would be the last: every later wait would end at
+// the interval, and a ring filling faster than that would overrun.
+func (c *cpuReader) pollNow() bool {
+	fds := []unix.PollFd{{Fd: int32(c.fd), Events: unix.POLLIN}}
+	for {
+		n, err := unix.Poll(fds, 0)
+		if err == unix.EINTR {
+			continue
+		}
+		return err == nil && n > 0 && fds[0].Revents&unix.POLLIN != 0
+	}
 }
 
 // requests appends the pending flush requests to waiters and reports

@@ -132,8 +132,10 @@ func Classify(r Record) (c Change, offset, length int64) {
 	if r.Bytes == 0 {
 		return NoChange, 0, 0
 	}
-	if r.Sector > 1<<54 {
-		return UnknownChange, 0, 0 // beyond any real device: do not wrap
+	if r.Sector >= 1<<53 {
+		// Beyond any real device (4 EiB). Below it, neither the byte
+		// offset nor its end (plus at most 4 GiB) can wrap an int64.
+		return UnknownChange, 0, 0
 	}
 	return RangeChanged, int64(r.Sector) * sectorSize, int64(r.Bytes)
 }

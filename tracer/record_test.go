@@ -302,7 +302,7 @@ func FuzzRecord(f *testing.F) {
 		}
 		if r, err := DecodeFtraceRecord(p); err == nil {
 			c, off, l := Classify(r)
-			if c == RangeChanged && (off < 0 || l <= 0) {
+			if c == RangeChanged && (off < 0 || l <= 0 || off+l < off) {
 				t.Fatalf("range %d+%d", off, l)
 			}
 		}

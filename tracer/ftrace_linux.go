@@ -45,6 +45,10 @@ func findTracefs() (string, error) {
 // enables its disk (/sys/block/DISK/trace/enable) and registers a
 // subscriber; the readers apply each event to the subscribers of its
 // disk; the last Stop restores the settings.
+// defaultBufferPercent is the kernel's default buffer_percent: pollers
+// of a CPU's ring wake when it is half full.
+const defaultBufferPercent = "50"
+
 var (
 	sessionMu sync.Mutex // serialises Start and Stop of ftrace Tracers
 	session   *ftraceSession
@@ -68,6 +72,7 @@ type ftraceSession struct {
 	// What we changed, to restore, and what must stay as we set it.
 	oldBufferKB string // "" when untouched
 	oldPause    string // options/pause-on-trace before we cleared it, "" when untouched
+	oldPercent  string // buffer_percent before we raised it from 0, "" when untouched
 	bufferKB    string
 	cpumask     string
 
@@ -161,6 +166,15 @@ func newFtraceSession(o Options) (_ *ftraceSession, err error) {
 			return nil, fmt.Errorf("tracer: %w", err)
 		}
 		f.oldPause = p
+	}
+	// A reader takes complete pages only when woken (see drainMode). With
+	// buffer_percent 0 a poll finds the ring readable as soon as it holds
+	// one event, so the readers would spin on the page being written.
+	if p, err := readSysString(f.path("buffer_percent")); err == nil && p == "0" {
+		if err := writeFile(f.path("buffer_percent"), defaultBufferPercent); err != nil {
+			return nil, fmt.Errorf("tracer: %w", err)
+		}
+		f.oldPercent = p
 	}
 	if err := writeFile(f.path("current_tracer"), "blk"); err != nil {
 		return nil, fmt.Errorf("tracer: select the blk tracer: %w", err)
@@ -335,6 +349,9 @@ func (f *ftraceSession) close() error {
 	}
 	if f.oldPause != "" {
 		errs = append(errs, writeFile(f.path("options", "pause-on-trace"), f.oldPause))
+	}
+	if f.oldPercent != "" {
+		errs = append(errs, writeFile(f.path("buffer_percent"), f.oldPercent))
 	}
 	if f.markers != nil {
 		f.markers.close()

@@ -284,6 +284,11 @@ func (f *ftraceSession) checkSettingsLocked() {
 			f.markAll("pause-on-trace set again by someone else: reading the trace file stops recording")
 		}
 	}
+	// Not a loss, but the readers would spin (see newFtraceSession): put
+	// it back.
+	if p, err := readSysString(f.path("buffer_percent")); err == nil && p == "0" {
+		writeFile(f.path("buffer_percent"), defaultBufferPercent)
+	}
 	f.subsMu.RLock()
 	defer f.subsMu.RUnlock()
 	for _, l := range f.subs {

@@ -160,6 +160,9 @@ var (
 // Stop, and resuming a saved Set all mark the Set incomplete. Start clears
 // the pause-on-trace option for the time of the trace, because with it
 // set, merely reading the trace file stops recording without a counter.
+// It also raises a buffer_percent of 0 to the kernel's default, 50: with
+// 0 the readers would wake for every event and spin on the page being
+// written. Stop puts both back.
 //
 // What cannot be seen: a tool that switches tracing_on off and on again,
 // or swaps the snapshot buffer twice, between two checks (every poll

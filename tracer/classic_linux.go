@@ -124,7 +124,7 @@ func startClassic(ctx context.Context, d *blockDevice, set *Set, o Options) (_ *
 		}
 		var pending []byte
 		buf := make([]byte, 256<<10)
-		r, err := newCPUReader(cpu, rfd, p, func(drainMode) error { return c.drain(rfd, buf, &pending) })
+		r, err := newCPUReader(cpu, rfd, p, func(drainMode) (bool, error) { return c.drain(rfd, buf, &pending) })
 		if err != nil {
 			return nil, err
 		}
@@ -139,18 +139,20 @@ func startClassic(ctx context.Context, d *blockDevice, set *Set, o Options) (_ *
 	return c, nil
 }
 
-// drain reads the relay file until it is empty. Records may straddle
-// reads; the tail waits in pending, which never exceeds one record.
-func (c *classicSource) drain(fd int, buf []byte, pending *[]byte) error {
+// drain reads the relay file until it is empty and reports whether it
+// read anything. Records may straddle reads; the tail waits in pending,
+// which never exceeds one record.
+func (c *classicSource) drain(fd int, buf []byte, pending *[]byte) (took bool, err error) {
 	for {
 		n, err := readNonblock(fd, buf)
 		if err != nil {
 			c.set.MarkIncomplete(fmt.Sprintf("reading the relay file: %v", err))
-			return err
+			return took, err
 		}
 		if n == 0 {
-			return nil
+			return took, nil
 		}
+		took = true
 		data := append(*pending, buf[:n]...)
 		rest, err := c.parse(data)
 		if err != nil {

@@ -209,7 +209,7 @@ func newFtraceSession(o Options) (_ *ftraceSession, err error) {
 			return nil, fmt.Errorf("tracer: open %s: %w", filepath.Join(c, "trace_pipe_raw"), err)
 		}
 		st.openPipe(f.pageSize)
-		r, err := newCPUReader(cpu, st.fd, filepath.Join(c, "trace_pipe_raw"), func(m drainMode) error { return f.drain(st, m) })
+		r, err := newCPUReader(cpu, st.fd, filepath.Join(c, "trace_pipe_raw"), func(m drainMode) (bool, error) { return f.drain(st, m) })
 		if err != nil {
 			st.closePipe()
 			return nil, err

@@ -35,56 +35,60 @@ type change struct {
 // drain takes what mode asks for from the CPU's ring: the complete pages
 // through splice (which never hands out the page being written), and, for
 // drainQuiet and drainAll, the rest through read.
-func (f *ftraceSession) drain(st *cpuState, mode drainMode) error {
+// It reports whether it took anything.
+func (f *ftraceSession) drain(st *cpuState, mode drainMode) (took bool, err error) {
 	if st.pipe[0] >= 0 {
-		if err := f.drainPages(st); err != nil {
-			return err
+		if took, err = f.drainPages(st); err != nil {
+			return took, err
 		}
 		if mode == drainPages {
-			return nil
+			return took, nil
 		}
 	}
 	for {
 		n, empty, err := readRing(st.fd, st.page)
 		if err != nil {
 			f.markAll(fmt.Sprintf("reading the ring buffer of cpu%d: %v", st.cpu, err))
-			return err
+			return took, err
 		}
 		if empty {
-			return nil
+			return took, nil
 		}
+		took = true
 		clear(st.page[n:])
 		f.parse(st, st.page[:n])
 		if mode == drainQuiet {
 			// One read took what the page being written holds; more
 			// reads would chase the writer.
-			return nil
+			return took, nil
 		}
 	}
 }
 
 // drainPages splices the ring's complete pages into the CPU's pipe and
-// parses them, until the kernel has none left (EAGAIN). The kernel swaps a
+// parses them, until the kernel has none left (EAGAIN), and reports
+// whether there was any. The kernel swaps a
 // complete page out of the ring without copying it and without touching
 // the page being written, so the writer on that CPU does not notice.
-func (f *ftraceSession) drainPages(st *cpuState) error {
+func (f *ftraceSession) drainPages(st *cpuState) (took bool, err error) {
 	for {
 		n, err := unix.Splice(st.fd, nil, st.pipe[1], nil, len(st.pipeBuf), unix.SPLICE_F_NONBLOCK)
 		switch {
 		case err == unix.EINTR:
 			continue
 		case err == unix.EAGAIN || err == nil && n == 0:
-			return nil
+			return took, nil
 		case err != nil:
 			// Not expected from a kernel that has trace_pipe_raw; read
 			// pages instead from now on.
 			st.closePipe()
-			return nil
+			return took, nil
 		}
 		if err := readFull(st.pipe[0], st.pipeBuf[:n]); err != nil {
 			f.markAll(fmt.Sprintf("reading the ring buffer of cpu%d through a pipe: %v", st.cpu, err))
-			return err
+			return took, err
 		}
+		took = true
 		for p := st.pipeBuf[:n]; len(p) > 0; {
 			l := min(len(p), f.pageSize)
 			f.parse(st, p[:l])

@@ -33,7 +33,7 @@ type cpuReader struct {
 	file  *os.File        // fd, registered with the runtime poller if it could be
 	conn  syscall.RawConn // file's, when the poller took it; nil: poll(2)
 	efd   int             // eventfd that wakes a poll(2) wait; -1 with conn
-	drain func(drainMode) error
+	drain func(drainMode) (took bool, err error)
 	reqs  chan chan error
 	stopc chan struct{}
 	done  chan struct{}
@@ -69,7 +69,7 @@ const (
 
 // newCPUReader takes over fd: the reader's close closes it, and so does
 // newCPUReader itself when it fails.
-func newCPUReader(cpu, fd int, name string, drain func(drainMode) error) (*cpuReader, error) {
+func newCPUReader(cpu, fd int, name string, drain func(drainMode) (bool, error)) (*cpuReader, error) {
 	c := &cpuReader{
 		cpu: cpu, fd: fd, efd: -1, drain: drain,
 		file:  os.NewFile(uintptr(fd), name),
@@ -124,11 +124,11 @@ func (c *cpuReader) wake() {
 	unix.Write(c.efd, one[:])
 }
 
-// wait returns when the kernel signals data, when interval passes, or
-// when wake is called; readable reports the first. It arms the wait
-// before it takes the pending flush requests and looks for a stop, and
-// does not wait at all if there is either.
-func (c *cpuReader) wait(interval time.Duration) (readable bool, waiters []chan error, stopping bool) {
+// wait returns when the kernel signals data (unless ignoreData), when
+// interval passes, or when wake is called; readable reports the first. It
+// arms the wait before it takes the pending flush requests and looks for
+// a stop, and does not wait at all if there is either.
+func (c *cpuReader) wait(interval time.Duration, ignoreData bool) (readable bool, waiters []chan error, stopping bool) {
 	if c.conn != nil {
 		c.file.SetReadDeadline(time.Now().Add(interval))
 	}
@@ -141,6 +141,9 @@ func (c *cpuReader) wait(interval time.Duration) (readable bool, waiters []chan 
 		err := c.conn.Read(func(uintptr) bool {
 			// Called once before waiting, and again when the file
 			// becomes readable.
+			if ignoreData {
+				return false // until the deadline or a wake
+			}
 			if first {
 				first = false
 				return c.pollNow()
@@ -149,7 +152,10 @@ func (c *cpuReader) wait(interval time.Duration) (readable bool, waiters []chan 
 		})
 		readable = err == nil
 	} else {
-		fds := []unix.PollFd{{Fd: int32(c.fd), Events: unix.POLLIN}, {Fd: int32(c.efd), Events: unix.POLLIN}}
+		fds := []unix.PollFd{{Fd: int32(c.efd), Events: unix.POLLIN}, {Fd: int32(c.fd), Events: unix.POLLIN}}
+		if ignoreData {
+			fds = fds[:1]
+		}
 		ms := max(int(interval/time.Millisecond), 1)
 		n, err := unix.Poll(fds, ms)
 		if err != nil && err != unix.EINTR {
@@ -159,7 +165,7 @@ func (c *cpuReader) wait(interval time.Duration) (readable bool, waiters []chan 
 		}
 		var buf [8]byte
 		unix.Read(c.efd, buf[:])
-		readable = err == nil && n > 0 && fds[0].Revents&unix.POLLIN != 0
+		readable = err == nil && n > 0 && len(fds) > 1 && fds[1].Revents&unix.POLLIN != 0
 	}
 	// Take the requests made while waiting: their barrier is the drain
 	// that follows, which starts after they were made.
@@ -203,13 +209,20 @@ func (c *cpuReader) requests(waiters []chan error) ([]chan error, bool) {
 	}
 }
 
-// run is the reader's goroutine; idle is called after each drain (for
-// loss-counter checks), with force set when a flush or stop waits for the
-// drain: the check must not be skipped then.
-func (c *cpuReader) run(interval time.Duration, idle func(force bool)) {
+// run is the reader's goroutine; afterDrain is called after each drain
+// (for loss-counter checks), with force set when a flush or stop waits
+// for the drain: the check must not be skipped then.
+func (c *cpuReader) run(interval time.Duration, afterDrain func(force bool)) {
 	defer close(c.done)
+	// empty counts the wake-ups on data in a row that found no complete
+	// page. A kernel whose poll reports any event (buffer_percent 0, or a
+	// kernel before 5.2 that has none) would wake the reader again at
+	// once, for ever; after two, the next wait heeds only the interval
+	// and wake-ups, and the quiet drain at its end takes the page being
+	// written. (One can be a late wake-up for pages already taken.)
+	empty := 0
 	for {
-		readable, waiters, stopping := c.wait(interval)
+		readable, waiters, stopping := c.wait(interval, empty >= 2)
 		if h := testHookBeforeDrain.Load(); h != nil {
 			(*h)(c.cpu)
 		}
@@ -220,9 +233,14 @@ func (c *cpuReader) run(interval time.Duration, idle func(force bool)) {
 		case !readable:
 			mode = drainQuiet
 		}
-		err := c.drain(mode)
-		if idle != nil {
-			idle(mode == drainAll)
+		took, err := c.drain(mode)
+		if mode == drainPages && !took {
+			empty++
+		} else {
+			empty = 0
+		}
+		if afterDrain != nil {
+			afterDrain(mode == drainAll)
 		}
 		for _, w := range waiters {
 			w <- err

@@ -30,13 +30,13 @@ func newPipeReader(t *testing.T, poll bool, interval time.Duration) *pipeReader 
 	testForcePoll.Store(poll)
 	defer testForcePoll.Store(false)
 	pr := &pipeReader{w: p[1], signal: make(chan drainMode, 1024)}
-	r, err := newCPUReader(0, p[0], "pipe", func(m drainMode) error {
+	r, err := newCPUReader(0, p[0], "pipe", func(m drainMode) (bool, error) {
 		buf := make([]byte, 4096)
 		var got []byte
 		for {
 			n, err := readNonblock(p[0], buf)
 			if err != nil {
-				return err
+				return false, err
 			}
 			if n == 0 {
 				break
@@ -51,7 +51,7 @@ func newPipeReader(t *testing.T, poll bool, interval time.Duration) *pipeReader 
 		case pr.signal <- m:
 		default:
 		}
-		return nil
+		return len(got) > 0, nil
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -150,6 +150,59 @@ func TestCPUReaderQuietDrain(t *testing.T) {
 				}
 			case <-time.After(time.Minute):
 				t.Fatal("no drain after the interval passed")
+			}
+		})
+	}
+}
+
+// TestCPUReaderDoesNotSpin gives a reader data its page drains never take
+// (as the page being written, on a kernel whose poll reports a single
+// event): after two such wake-ups it must wait for its interval (an hour
+// here) or a flush, not drain again and again.
+func TestCPUReaderDoesNotSpin(t *testing.T) {
+	for _, poll := range []bool{false, true} {
+		t.Run(fmt.Sprintf("poll=%v", poll), func(t *testing.T) {
+			var p [2]int
+			if err := unix.Pipe2(p[:], unix.O_NONBLOCK|unix.O_CLOEXEC); err != nil {
+				t.Fatal(err)
+			}
+			defer unix.Close(p[1])
+			testForcePoll.Store(poll)
+			var mu sync.Mutex
+			drains := map[drainMode]int{}
+			r, err := newCPUReader(0, p[0], "pipe", func(m drainMode) (bool, error) {
+				mu.Lock()
+				drains[m]++
+				mu.Unlock()
+				if m == drainPages {
+					return false, nil // the data stays
+				}
+				buf := make([]byte, 4096)
+				n, err := readNonblock(p[0], buf)
+				return n > 0, err
+			})
+			testForcePoll.Store(false)
+			if err != nil {
+				t.Fatal(err)
+			}
+			go r.run(time.Hour, nil)
+			defer stopAll([]*cpuReader{r})
+			unix.Write(p[1], []byte("the page being written"))
+			time.Sleep(500 * time.Millisecond) // a spinning reader drains thousands of times meanwhile
+			mu.Lock()
+			n := drains[drainPages]
+			mu.Unlock()
+			if n != 2 {
+				t.Fatalf("%d page drains of data they could not take, want 2", n)
+			}
+			if err := flushAll(context.Background(), []*cpuReader{r}); err != nil {
+				t.Fatal(err)
+			}
+			mu.Lock()
+			all := drains[drainAll]
+			mu.Unlock()
+			if all != 1 {
+				t.Fatalf("%d full drains after a flush, want 1", all)
 			}
 		})
 	}

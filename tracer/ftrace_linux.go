@@ -45,14 +45,14 @@ func findTracefs() (string, error) {
 // enables its disk (/sys/block/DISK/trace/enable) and registers a
 // subscriber; the readers apply each event to the subscribers of its
 // disk; the last Stop restores the settings.
-// defaultBufferPercent is the kernel's default buffer_percent: pollers
-// of a CPU's ring wake when it is half full.
-const defaultBufferPercent = "50"
-
 var (
 	sessionMu sync.Mutex // serialises Start and Stop of ftrace Tracers
 	session   *ftraceSession
 )
+
+// defaultBufferPercent is the kernel's default buffer_percent: pollers
+// of a CPU's ring wake when it is half full.
+const defaultBufferPercent = "50"
 
 type ftraceSession struct {
 	dir      string // tracefs

@@ -34,8 +34,8 @@ type change struct {
 
 // drain takes what mode asks for from the CPU's ring: the complete pages
 // through splice (which never hands out the page being written), and, for
-// drainQuiet and drainAll, the rest through read.
-// It reports whether it took anything.
+// drainQuiet and drainAll, the rest through read. It reports whether it
+// took anything.
 func (f *ftraceSession) drain(st *cpuState, mode drainMode) (took bool, err error) {
 	if st.pipe[0] >= 0 {
 		if took, err = f.drainPages(st); err != nil {
@@ -67,9 +67,9 @@ func (f *ftraceSession) drain(st *cpuState, mode drainMode) (took bool, err erro
 
 // drainPages splices the ring's complete pages into the CPU's pipe and
 // parses them, until the kernel has none left (EAGAIN), and reports
-// whether there was any. The kernel swaps a
-// complete page out of the ring without copying it and without touching
-// the page being written, so the writer on that CPU does not notice.
+// whether there was any. The kernel swaps a complete page out of the ring
+// without copying it and without touching the page being written, so the
+// writer on that CPU does not notice.
 func (f *ftraceSession) drainPages(st *cpuState) (took bool, err error) {
 	for {
 		n, err := unix.Splice(st.fd, nil, st.pipe[1], nil, len(st.pipeBuf), unix.SPLICE_F_NONBLOCK)

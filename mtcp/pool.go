@@ -10,6 +10,7 @@ import (
 	"slices"
 	"sync"
 
+	"github.com/blockimage/blockimage/internal/deathsig"
 	"github.com/blockimage/blockimage/internal/reexec"
 )
 
@@ -361,7 +362,8 @@ func (p *pool) spawn(ctx context.Context) error {
 	}
 	tail := &tailBuffer{}
 	cmd.Stderr = tail
-	if err := startChild(cmd); err != nil {
+	// deathsig: no compressor outlives an interrupted backup.
+	if err := deathsig.Start(cmd); err != nil {
 		return fmt.Errorf("mtcp: starting child: %w", err)
 	}
 	c := &child{pid: uint32(cmd.Process.Pid), cmd: cmd, send: make(chan Message, 4), stderr: tail}

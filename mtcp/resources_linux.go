@@ -2,11 +2,8 @@ package mtcp
 
 import (
 	"os"
-	"os/exec"
 	"path"
 	"runtime"
-	"sync"
-	"syscall"
 )
 
 const cgroupRoot = "/sys/fs/cgroup"
@@ -79,39 +76,4 @@ func readFile(name string) string {
 		return ""
 	}
 	return string(b)
-}
-
-// startChild starts a child that receives SIGKILL when the control
-// process exits (Pdeathsig), so no compressor outlives an interrupted
-// backup.
-//
-// The kernel sends Pdeathsig when the thread that started the child ends,
-// not the process, and Go ends a thread whenever a goroutine exits while
-// locked to it, which code anywhere in the program may do. Children are
-// therefore started from one thread kept for that, which lives as long as
-// the process.
-func startChild(cmd *exec.Cmd) error {
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	forker.once.Do(func() {
-		forker.reqs = make(chan forkRequest)
-		go func() {
-			runtime.LockOSThread() // never unlocked: the children's parent thread
-			for r := range forker.reqs {
-				r.done <- r.cmd.Start()
-			}
-		}()
-	})
-	done := make(chan error, 1)
-	forker.reqs <- forkRequest{cmd: cmd, done: done}
-	return <-done
-}
-
-var forker struct {
-	once sync.Once
-	reqs chan forkRequest
-}
-
-type forkRequest struct {
-	cmd  *exec.Cmd
-	done chan error
 }

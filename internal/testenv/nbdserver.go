@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/blockimage/blockimage/internal/deathsig"
 )
 
 // NBDServerKind names a real NBD server program.
@@ -174,8 +176,10 @@ func (s *NBD) startOn(network, address string) error {
 	cmd := exec.Command(string(s.Kind), args...)
 	cmd.Stdout = &stderr
 	cmd.Stderr = &stderr
-	cmd.SysProcAttr = serverProcAttr()
-	if err := cmd.Start(); err != nil {
+	// Its own process group, so that kill reaches the server's
+	// children; and it dies if the test process dies first.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := deathsig.Start(cmd); err != nil {
 		return err
 	}
 	done := make(chan struct{})

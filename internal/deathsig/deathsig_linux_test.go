@@ -1,4 +1,4 @@
-package mtcp
+package deathsig
 
 import (
 	"os/exec"
@@ -30,7 +30,7 @@ func TestChildOutlivesTheThreadThatAsked(t *testing.T) {
 		started := make(chan error)
 		go func() {
 			runtime.LockOSThread() // never unlocked: the thread ends with this goroutine
-			started <- startChild(cmd)
+			started <- Start(cmd)
 		}()
 		if err := <-started; err != nil {
 			t.Fatal(err)

@@ -2,7 +2,7 @@
 // reports the changed blocks. bench/tracer-overhead uses it to measure what
 // tracing costs a workload.
 //
-//	tracerun [-source auto|classic|ftrace] [-block-size N] [-cpuprofile FILE] DEVICE CMD [ARG...]
+//	tracerun [-source auto|classic|ftrace] [-block-size N] [-poll-interval D] [-cpuprofile FILE] DEVICE CMD [ARG...]
 package main
 
 import (
@@ -22,7 +22,7 @@ func main() {
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the tracer's process to this file")
 	poll := flag.Duration("poll-interval", 0, "longest time events wait in the kernel's buffers (0: the default)")
 	flag.Usage = func() {
-		fmt.Fprintf(os.Stderr, "usage: tracerun [-source auto|classic|ftrace] [-block-size N] DEVICE CMD [ARG...]\n")
+		fmt.Fprintf(os.Stderr, "usage: tracerun [-source auto|classic|ftrace] [-block-size N] [-poll-interval D] [-cpuprofile FILE] DEVICE CMD [ARG...]\n")
 		flag.PrintDefaults()
 	}
 	flag.Parse()

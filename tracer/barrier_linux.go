@@ -214,7 +214,10 @@ func (m *markers) barrier(ctx context.Context, readers []*cpuReader, timeout tim
 	m.mu.Unlock()
 	cpus, err := m.write(cpus, gen)
 	if err != nil {
-		return err
+		// The kernel refuses markers while recording is off (tracing_on
+		// 0): drain all the same, so that the readers' checks record
+		// in the sets why events were lost, and report the failure.
+		return errors.Join(err, flushAll(ctx, readers))
 	}
 	deadline := time.Now().Add(timeout)
 	pause := 100 * time.Microsecond

@@ -292,3 +292,52 @@ func TestBufferPercentZero(t *testing.T) {
 		t.Fatalf("buffer_percent %q after Stop, want the 0 found at Start", p)
 	}
 }
+
+// TestSettingChangesMarkIncomplete changes, during a trace, each setting
+// that stops or drops recording silently, and checks that the next Flush
+// finds it: the checks read files kept open since Start (sysFile), so this
+// also checks that the kernel renders them afresh for every read.
+func TestSettingChangesMarkIncomplete(t *testing.T) {
+	requireTracing(t)
+	ctx := context.Background()
+	dir, err := findTracefs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := testenv.NewLoopDevice(t, 16<<20)
+	disk := filepath.Join("/sys/block", filepath.Base(d.Path), "trace", "enable")
+	for _, tc := range []struct {
+		file, value, restore, reason string
+		flushFails                   bool // the kernel refuses the barrier's markers
+	}{
+		{disk, "0", "", "disabled by someone else", false},
+		{filepath.Join(dir, "tracing_on"), "0", "1", "tracing_on switched off", true},
+		{filepath.Join(dir, "options", "pause-on-trace"), "1", "0", "pause-on-trace set again", false},
+	} {
+		t.Run(filepath.Base(filepath.Dir(tc.file))+"/"+filepath.Base(tc.file), func(t *testing.T) {
+			tr := startTracer(t, d.Path, Options{Source: Ftrace})
+			if err := tr.Flush(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if ok, why := tr.Set().Complete(); !ok {
+				t.Fatalf("incomplete before any change: %s", why)
+			}
+			if err := writeFile(tc.file, tc.value); err != nil {
+				t.Fatal(err)
+			}
+			if tc.restore != "" {
+				t.Cleanup(func() {
+					if err := writeFile(tc.file, tc.restore); err != nil {
+						t.Errorf("restoring %s: %v", tc.file, err)
+					}
+				})
+			}
+			if err := tr.Flush(ctx); (err != nil) != tc.flushFails {
+				t.Fatalf("Flush: %v, want an error: %v", err, tc.flushFails)
+			}
+			if ok, why := tr.Set().Complete(); ok || !strings.Contains(why, tc.reason) {
+				t.Fatalf("after writing %s to %s: complete %v %q, want %q", tc.value, tc.file, ok, why, tc.reason)
+			}
+		})
+	}
+}

@@ -1,7 +1,6 @@
 package tracer
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -78,6 +77,31 @@ type ftraceSession struct {
 
 	checkMu   sync.Mutex
 	lastCheck time.Time
+	settings  settingFiles // guarded by checkMu
+}
+
+// settingFiles are the tracefs files checkSettings reads every interval.
+type settingFiles struct {
+	currentTracer, tracingOn, bufferSizeKB, cpumask, pause, percent *sysFile
+}
+
+func (f *ftraceSession) openSettings() {
+	f.settings = settingFiles{
+		currentTracer: newSysFile(f.path("current_tracer")),
+		tracingOn:     newSysFile(f.path("tracing_on")),
+		bufferSizeKB:  newSysFile(f.path("buffer_size_kb")),
+		cpumask:       newSysFile(f.path("tracing_cpumask")),
+		pause:         newSysFile(f.path("options", "pause-on-trace")),
+		percent:       newSysFile(f.path("buffer_percent")),
+	}
+}
+
+func (s *settingFiles) close() {
+	for _, f := range []*sysFile{s.currentTracer, s.tracingOn, s.bufferSizeKB, s.cpumask, s.pause, s.percent} {
+		if f != nil {
+			f.close()
+		}
+	}
 }
 
 // An ftraceSub is one Tracer's share of the session: its disk, its
@@ -86,6 +110,7 @@ type ftraceSub struct {
 	s        *ftraceSession
 	dev      *blockDevice
 	set      *Set
+	enable   *sysFile // DISK/trace/enable, read by checkSettings; guarded by s.subsMu
 	stopOnce sync.Once
 	stopping atomic.Bool // its disk's enable may be 0 on purpose
 }
@@ -104,7 +129,7 @@ func startFtrace(ctx context.Context, d *blockDevice, set *Set, o Options) (*ftr
 			return nil, err
 		}
 	}
-	u := &ftraceSub{s: s, dev: d, set: set}
+	u := &ftraceSub{s: s, dev: d, set: set, enable: newSysFile(filepath.Join(traceDir, "enable"))}
 	if err := s.add(u); err != nil {
 		if s.refs == 0 {
 			s.close()
@@ -122,6 +147,7 @@ func newFtraceSession(o Options) (_ *ftraceSession, err error) {
 	}
 	f := &ftraceSession{dir: dir, interval: o.PollInterval, subs: make(map[uint32][]*ftraceSub), disks: make(map[string]int)}
 	f.blkType.Store(-1)
+	f.openSettings()
 	if err := f.checkUnused(); err != nil {
 		return nil, err
 	}
@@ -200,7 +226,8 @@ func newFtraceSession(o Options) (_ *ftraceSession, err error) {
 		if cpu >= len(mask)*64 || mask[cpu/64]&(1<<(cpu%64)) == 0 {
 			return nil, fmt.Errorf("tracer: tracing_cpumask %s excludes cpu%d: %w", f.cpumask, cpu, ErrBusy)
 		}
-		st := &cpuState{cpu: cpu, page: make([]byte, f.pageSize), stats: filepath.Join(c, "stats")}
+		st := &cpuState{cpu: cpu, page: make([]byte, f.pageSize), stats: newSysFile(filepath.Join(c, "stats"))}
+		f.states = append(f.states, st) // close closes its files
 		if st.base, err = readLossCounters(st.stats); err != nil {
 			return nil, fmt.Errorf("tracer: %w", err)
 		}
@@ -215,7 +242,6 @@ func newFtraceSession(o Options) (_ *ftraceSession, err error) {
 			return nil, err
 		}
 		f.readers = append(f.readers, r)
-		f.states = append(f.states, st)
 	}
 	for i, r := range f.readers {
 		st := f.states[i]
@@ -270,6 +296,7 @@ func (f *ftraceSession) remove(u *ftraceSub) {
 	} else {
 		f.subs[u.dev.diskDev] = l
 	}
+	u.enable.close()
 }
 
 // markAll marks every subscriber's set incomplete: a loss in the shared
@@ -340,10 +367,14 @@ func (f *ftraceSession) close() error {
 	}
 	for _, st := range f.states {
 		st.closePipe()
+		st.stats.close()
 	}
 	if cur, _ := readSysString(f.path("current_tracer")); cur == "blk" {
 		errs = append(errs, writeFile(f.path("current_tracer"), "nop"))
 	}
+	f.checkMu.Lock()
+	f.settings.close()
+	f.checkMu.Unlock()
 	if f.oldBufferKB != "" {
 		errs = append(errs, writeFile(f.path("buffer_size_kb"), f.oldBufferKB))
 	}
@@ -410,12 +441,17 @@ func (f *ftraceSession) bufferSizeKB() (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("tracer: %w", err)
 	}
-	// "7 (expanded: 1408)": the boot-time buffer is not allocated yet;
-	// selecting any tracer expands it to 1408, the size to restore.
+	return expandedKB(s), nil
+}
+
+// expandedKB returns the size buffer_size_kb shows. "7 (expanded: 1408)"
+// means the boot-time buffer is not allocated yet; selecting any tracer
+// expands it to 1408, the size to restore.
+func expandedKB(s string) string {
 	if _, exp, ok := strings.Cut(s, "(expanded: "); ok {
-		return strings.TrimSuffix(exp, ")"), nil
+		return strings.TrimSuffix(exp, ")")
 	}
-	return s, nil
+	return s
 }
 
 // subbufSize is the size of the pages trace_pipe_raw returns.
@@ -451,17 +487,15 @@ func (f *ftraceSession) ftraceEventIDs() (map[uint16]bool, error) {
 // lossCounters are the fields of per_cpu/cpuN/stats we watch.
 type lossCounters struct{ overrun, commitOverrun, dropped, read uint64 }
 
-func readLossCounters(path string) (lossCounters, error) {
-	fh, err := os.Open(path)
+func readLossCounters(stats *sysFile) (lossCounters, error) {
+	s, err := stats.read()
 	if err != nil {
 		return lossCounters{}, err
 	}
-	defer fh.Close()
 	var lc lossCounters
 	found := 0
-	sc := bufio.NewScanner(fh)
-	for sc.Scan() {
-		k, v, ok := strings.Cut(sc.Text(), ":")
+	for line := range strings.Lines(s) {
+		k, v, ok := strings.Cut(line, ":")
 		if !ok {
 			continue
 		}
@@ -480,11 +514,8 @@ func readLossCounters(path string) (lossCounters, error) {
 			lc.read, found = n, found+1
 		}
 	}
-	if err := sc.Err(); err != nil {
-		return lc, err
-	}
 	if found < 4 {
-		return lc, fmt.Errorf("%s: no overrun counters", path)
+		return lc, fmt.Errorf("%s: no overrun counters", stats.path)
 	}
 	return lc, nil
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
-	"path/filepath"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -15,7 +14,7 @@ type cpuState struct {
 	cpu       int
 	fd        int
 	page      []byte
-	stats     string       // per_cpu/cpuN/stats
+	stats     *sysFile     // per_cpu/cpuN/stats
 	base      lossCounters // at Start, or at the last loss reported
 	events    uint64       // data events parsed
 	changes   []change     // of the page being applied
@@ -269,28 +268,30 @@ func (f *ftraceSession) checkSettings() {
 }
 
 func (f *ftraceSession) checkSettingsLocked() {
-	if cur, err := readSysString(f.path("current_tracer")); err != nil || cur != "blk" {
+	files := &f.settings
+	if cur, err := files.currentTracer.read(); err != nil || cur != "blk" {
 		f.markAll(fmt.Sprintf("current_tracer changed to %q by someone else", cur))
 	}
-	if on, err := readSysString(f.path("tracing_on")); err != nil || on != "1" {
+	if on, err := files.tracingOn.read(); err != nil || on != "1" {
 		f.markAll("tracing_on switched off by someone else")
 	}
-	if kb, err := f.bufferSizeKB(); err != nil || kb != f.bufferKB {
+	kb, err := files.bufferSizeKB.read()
+	if kb = expandedKB(kb); err != nil || kb != f.bufferKB {
 		// Resizing disables recording while it runs.
 		f.markAll(fmt.Sprintf("buffer_size_kb changed from %s to %s by someone else", f.bufferKB, kb))
 		f.bufferKB = kb
 	}
-	if m, err := readSysString(f.path("tracing_cpumask")); err != nil || m != f.cpumask {
+	if m, err := files.cpumask.read(); err != nil || m != f.cpumask {
 		f.markAll(fmt.Sprintf("tracing_cpumask changed from %s to %s by someone else", f.cpumask, m))
 	}
 	if f.oldPause != "" {
-		if p, err := readSysString(f.path("options", "pause-on-trace")); err != nil || p != "0" {
+		if p, err := files.pause.read(); err != nil || p != "0" {
 			f.markAll("pause-on-trace set again by someone else: reading the trace file stops recording")
 		}
 	}
 	// Not a loss, but the readers would spin (see newFtraceSession): put
 	// it back.
-	if p, err := readSysString(f.path("buffer_percent")); err == nil && p == "0" {
+	if p, err := files.percent.read(); err == nil && p == "0" {
 		writeFile(f.path("buffer_percent"), defaultBufferPercent)
 	}
 	f.subsMu.RLock()
@@ -300,7 +301,7 @@ func (f *ftraceSession) checkSettingsLocked() {
 			if u.stopping.Load() {
 				continue
 			}
-			if en, err := readSysString(filepath.Join(u.dev.diskSys, "trace", "enable")); err != nil || en != "1" {
+			if en, err := u.enable.read(); err != nil || en != "1" {
 				u.set.MarkIncomplete("blktrace of " + u.dev.disk + " disabled by someone else")
 			}
 		}

@@ -226,7 +226,7 @@ func newFtraceSession(o Options) (_ *ftraceSession, err error) {
 		if cpu >= len(mask)*64 || mask[cpu/64]&(1<<(cpu%64)) == 0 {
 			return nil, fmt.Errorf("tracer: tracing_cpumask %s excludes cpu%d: %w", f.cpumask, cpu, ErrBusy)
 		}
-		st := &cpuState{cpu: cpu, page: make([]byte, f.pageSize), stats: newSysFile(filepath.Join(c, "stats"))}
+		st := &cpuState{cpu: cpu, page: make([]byte, f.pageSize), stats: &sysFile{path: filepath.Join(c, "stats"), fd: -1, raw: true}}
 		f.states = append(f.states, st) // close closes its files
 		if st.base, err = readLossCounters(st.stats); err != nil {
 			return nil, fmt.Errorf("tracer: %w", err)

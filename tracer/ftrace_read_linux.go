@@ -71,7 +71,7 @@ func (f *ftraceSession) drain(st *cpuState, mode drainMode) (took bool, err erro
 // writer on that CPU does not notice.
 func (f *ftraceSession) drainPages(st *cpuState) (took bool, err error) {
 	for {
-		n, err := unix.Splice(st.fd, nil, st.pipe[1], nil, len(st.pipeBuf), unix.SPLICE_F_NONBLOCK)
+		n, err := rawSpliceNonblock(st.fd, st.pipe[1], len(st.pipeBuf))
 		switch {
 		case err == unix.EINTR:
 			continue

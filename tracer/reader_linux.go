@@ -183,7 +183,7 @@ func (c *cpuReader) wait(interval time.Duration, ignoreData bool) (readable bool
 func (c *cpuReader) pollNow() bool {
 	fds := []unix.PollFd{{Fd: int32(c.fd), Events: unix.POLLIN}}
 	for {
-		n, err := unix.Poll(fds, 0)
+		n, err := rawPollNow(fds)
 		if err == unix.EINTR {
 			continue
 		}
@@ -317,7 +317,7 @@ func stopAll(readers []*cpuReader) {
 // kernel has nothing (EAGAIN or end of data).
 func readNonblock(fd int, p []byte) (int, error) {
 	for {
-		n, err := unix.Read(fd, p)
+		n, err := rawRead(fd, p)
 		switch {
 		case err == unix.EINTR:
 			continue
@@ -340,7 +340,7 @@ func readNonblock(fd int, p []byte) (int, error) {
 // ring counts as empty.
 func readRing(fd int, p []byte) (n int, empty bool, err error) {
 	for zeros := int64(0); ; {
-		n, err := unix.Read(fd, p)
+		n, err := rawRead(fd, p)
 		switch {
 		case err == unix.EINTR:
 			continue

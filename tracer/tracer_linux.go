@@ -42,6 +42,7 @@ type sysFile struct {
 	path string
 	fd   int // -1 until the first read
 	buf  []byte
+	raw  bool // rendering never waits: read with rawPreadAt0
 }
 
 func newSysFile(path string) *sysFile { return &sysFile{path: path, fd: -1} }
@@ -59,7 +60,13 @@ func (f *sysFile) read() (string, error) {
 		}
 	}
 	for {
-		n, err := unix.Pread(f.fd, f.buf, 0)
+		var n int
+		var err error
+		if f.raw {
+			n, err = rawPreadAt0(f.fd, f.buf)
+		} else {
+			n, err = unix.Pread(f.fd, f.buf, 0)
+		}
 		switch {
 		case err == unix.EINTR:
 			continue

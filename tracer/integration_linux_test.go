@@ -30,6 +30,16 @@ func requireTracing(t *testing.T) {
 	testenv.Exclusive(t, "ftrace")
 }
 
+// tracefsDir returns where tracefs is mounted, mounting it if needed.
+func tracefsDir(t *testing.T) string {
+	t.Helper()
+	dir, err := findTracefs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
 func startTracer(t *testing.T, dev string, o Options) *Tracer {
 	t.Helper()
 	tr, err := Start(context.Background(), dev, o)
@@ -385,10 +395,7 @@ func TestFullRingWakesTheReaders(t *testing.T) {
 func TestRefusesBusyFtraceAndRestores(t *testing.T) {
 	requireTracing(t)
 	d := testenv.NewLoopDevice(t, 16<<20)
-	dir, err := findTracefs()
-	if err != nil {
-		t.Fatal(err)
-	}
+	dir := tracefsDir(t)
 	ctl := func(name string) string {
 		s, err := readSysString(filepath.Join(dir, name))
 		if err != nil {
@@ -406,7 +413,7 @@ func TestRefusesBusyFtraceAndRestores(t *testing.T) {
 	if err := writeFile(filepath.Join(dir, "current_tracer"), "blk"); err != nil {
 		t.Fatal(err)
 	}
-	_, err = Start(context.Background(), d.Path, Options{Source: Ftrace})
+	_, err := Start(context.Background(), d.Path, Options{Source: Ftrace})
 	writeFile(filepath.Join(dir, "current_tracer"), "nop")
 	if !errors.Is(err, ErrBusy) {
 		t.Fatalf("Start with current_tracer=blk: %v, want ErrBusy", err)

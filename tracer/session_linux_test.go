@@ -93,10 +93,7 @@ func TestTwoDevicesShareTheSession(t *testing.T) {
 	if err := tb.Stop(); err != nil {
 		t.Fatal(err)
 	}
-	dir, err := findTracefs()
-	if err != nil {
-		t.Fatal(err)
-	}
+	dir := tracefsDir(t)
 	if cur, _ := readSysString(filepath.Join(dir, "current_tracer")); cur != "nop" {
 		t.Errorf("current_tracer %q after the last Stop", cur)
 	}
@@ -117,10 +114,7 @@ func TestRingResetMarksIncomplete(t *testing.T) {
 	if ok, why := tr.Set().Complete(); !ok {
 		t.Fatalf("incomplete before the reset: %s", why)
 	}
-	dir, err := findTracefs()
-	if err != nil {
-		t.Fatal(err)
-	}
+	dir := tracefsDir(t)
 	if err := writeFile(filepath.Join(dir, "trace"), ""); err != nil {
 		t.Fatal(err)
 	}
@@ -154,10 +148,7 @@ func equalExtents(a, b []Extent) bool {
 func TestSilentDropSettings(t *testing.T) {
 	requireTracing(t)
 	ctx := context.Background()
-	dir, err := findTracefs()
-	if err != nil {
-		t.Fatal(err)
-	}
+	dir := tracefsDir(t)
 	d := testenv.NewLoopDevice(t, 16<<20)
 
 	maskPath := filepath.Join(dir, "tracing_cpumask")
@@ -245,10 +236,7 @@ func TestParseCPUMask(t *testing.T) {
 // 2 s trace of 100 writes).
 func TestBufferPercentZero(t *testing.T) {
 	requireTracing(t)
-	dir, err := findTracefs()
-	if err != nil {
-		t.Fatal(err)
-	}
+	dir := tracefsDir(t)
 	path := filepath.Join(dir, "buffer_percent")
 	old, err := readSysString(path)
 	if err != nil {
@@ -300,10 +288,7 @@ func TestBufferPercentZero(t *testing.T) {
 func TestSettingChangesMarkIncomplete(t *testing.T) {
 	requireTracing(t)
 	ctx := context.Background()
-	dir, err := findTracefs()
-	if err != nil {
-		t.Fatal(err)
-	}
+	dir := tracefsDir(t)
 	d := testenv.NewLoopDevice(t, 16<<20)
 	disk := filepath.Join("/sys/block", filepath.Base(d.Path), "trace", "enable")
 	for _, tc := range []struct {

@@ -292,14 +292,35 @@ func TestSettingChangesMarkIncomplete(t *testing.T) {
 	d := testenv.NewLoopDevice(t, 16<<20)
 	disk := filepath.Join("/sys/block", filepath.Base(d.Path), "trace", "enable")
 	for _, tc := range []struct {
-		file, value, restore, reason string
-		flushFails                   bool // the kernel refuses the barrier's markers
+		file   string
+		before string // the value Start finds, so that Start owns the setting; "": any
+		value  string // written during the trace
+		reason string
+		// The kernel refuses the barrier's markers.
+		flushFails bool
 	}{
-		{disk, "0", "", "disabled by someone else", false},
-		{filepath.Join(dir, "tracing_on"), "0", "1", "tracing_on switched off", true},
-		{filepath.Join(dir, "options", "pause-on-trace"), "1", "0", "pause-on-trace set again", false},
+		{disk, "", "0", "disabled by someone else", false},
+		{filepath.Join(dir, "tracing_on"), "1", "0", "tracing_on switched off", true},
+		// Start clears it only if it is set (the kernel's default; a
+		// daemon killed before its Stop leaves it cleared).
+		{filepath.Join(dir, "options", "pause-on-trace"), "1", "1", "pause-on-trace set again", false},
 	} {
 		t.Run(filepath.Base(filepath.Dir(tc.file))+"/"+filepath.Base(tc.file), func(t *testing.T) {
+			if tc.before != "" {
+				old, err := readSysString(tc.file)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := writeFile(tc.file, tc.before); err != nil {
+					t.Fatal(err)
+				}
+				// Registered before the tracer's Stop, so run after it.
+				t.Cleanup(func() {
+					if err := writeFile(tc.file, old); err != nil {
+						t.Errorf("restoring %s to %s: %v", tc.file, old, err)
+					}
+				})
+			}
 			tr := startTracer(t, d.Path, Options{Source: Ftrace})
 			if err := tr.Flush(ctx); err != nil {
 				t.Fatal(err)
@@ -310,9 +331,10 @@ func TestSettingChangesMarkIncomplete(t *testing.T) {
 			if err := writeFile(tc.file, tc.value); err != nil {
 				t.Fatal(err)
 			}
-			if tc.restore != "" {
+			if tc.before != "" {
+				// Back before the tracer's Stop checks the settings.
 				t.Cleanup(func() {
-					if err := writeFile(tc.file, tc.restore); err != nil {
+					if err := writeFile(tc.file, tc.before); err != nil {
 						t.Errorf("restoring %s: %v", tc.file, err)
 					}
 				})

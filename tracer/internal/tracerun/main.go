@@ -12,6 +12,8 @@ import (
 	"os"
 	"os/exec"
 	"runtime/pprof"
+	"syscall"
+	"time"
 
 	"github.com/blockimage/blockimage/tracer"
 )
@@ -76,6 +78,14 @@ func run(device string, command []string, o tracer.Options) int {
 	ok, why := s.Complete()
 	fmt.Fprintf(os.Stderr, "tracerun: source %v, epoch %d: %d blocks of %d bytes changed, complete %v %s\n",
 		t.Source(), n, s.Count(n), s.BlockSize(), ok, why)
+	// What the tracer cost, without the command: this process's threads
+	// only (RUSAGE_SELF leaves out children).
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err == nil {
+		cpu := time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+		fmt.Fprintf(os.Stderr, "tracerun: tracer process: %d ms of CPU, %d context switches\n",
+			cpu.Milliseconds(), ru.Nvcsw+ru.Nivcsw)
+	}
 	if cmdErr != nil {
 		fmt.Fprintf(os.Stderr, "tracerun: %v\n", cmdErr)
 		return 1

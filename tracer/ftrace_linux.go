@@ -69,11 +69,12 @@ type ftraceSession struct {
 	refs   int                     // subscribers; guarded by sessionMu
 
 	// What we changed, to restore, and what must stay as we set it.
-	oldBufferKB string // "" when untouched
-	oldPause    string // options/pause-on-trace before we cleared it, "" when untouched
-	oldPercent  string // buffer_percent before we raised it from 0, "" when untouched
-	bufferKB    string
-	cpumask     string
+	oldBufferKB  string // "" when untouched
+	oldPause     string // options/pause-on-trace before we cleared it, "" when untouched
+	oldPercent   string // buffer_percent before we raised it from 0, "" when untouched
+	undoRecorded bool   // undoPath holds our record
+	bufferKB     string
+	cpumask      string
 
 	checkMu   sync.Mutex
 	lastCheck time.Time
@@ -151,6 +152,9 @@ func newFtraceSession(o Options) (_ *ftraceSession, err error) {
 	if err := f.checkUnused(); err != nil {
 		return nil, err
 	}
+	// Best effort: a record that cannot be acted on does not stop
+	// tracing, and what it names is left as it is.
+	restoreStaleSettings(dir)
 	if f.pageSize, err = f.subbufSize(); err != nil {
 		return nil, err
 	}
@@ -175,32 +179,29 @@ func newFtraceSession(o Options) (_ *ftraceSession, err error) {
 			f.close()
 		}
 	}()
+	var changes []settingChange
 	if o.BufferSizeKB > 0 {
-		if f.oldBufferKB, err = f.bufferSizeKB(); err != nil {
+		old, err := f.bufferSizeKB()
+		if err != nil {
 			return nil, err
 		}
-		if err := writeFile(f.path("buffer_size_kb"), strconv.Itoa(o.BufferSizeKB)); err != nil {
-			return nil, fmt.Errorf("tracer: %w", err)
-		}
+		changes = append(changes, settingChange{"buffer_size_kb", old, strconv.Itoa(o.BufferSizeKB)})
 	}
 	// Reading the "trace" file stops recording for the time of the read
 	// when pause-on-trace is set (the default), and the ring buffer drops
 	// events silently while recording is off: a "cat trace" by an
 	// administrator would lose writes without a trace in any counter.
 	if p, err := readSysString(f.path("options", "pause-on-trace")); err == nil && p != "0" {
-		if err := writeFile(f.path("options", "pause-on-trace"), "0"); err != nil {
-			return nil, fmt.Errorf("tracer: %w", err)
-		}
-		f.oldPause = p
+		changes = append(changes, settingChange{"options/pause-on-trace", p, "0"})
 	}
 	// A reader takes complete pages only when woken (see drainMode). With
 	// buffer_percent 0 a poll finds the ring readable as soon as it holds
 	// one event, so the readers would spin on the page being written.
 	if p, err := readSysString(f.path("buffer_percent")); err == nil && p == "0" {
-		if err := writeFile(f.path("buffer_percent"), defaultBufferPercent); err != nil {
-			return nil, fmt.Errorf("tracer: %w", err)
-		}
-		f.oldPercent = p
+		changes = append(changes, settingChange{"buffer_percent", p, defaultBufferPercent})
+	}
+	if err := f.applyChanges(changes); err != nil {
+		return nil, err
 	}
 	if err := writeFile(f.path("current_tracer"), "blk"); err != nil {
 		return nil, fmt.Errorf("tracer: select the blk tracer: %w", err)
@@ -388,7 +389,46 @@ func (f *ftraceSession) close() error {
 		f.markers.close()
 	}
 	if err := errors.Join(errs...); err != nil {
+		// The record stays, for the next session to try again.
 		return fmt.Errorf("tracer: restoring tracing settings: %w", err)
+	}
+	if f.undoRecorded {
+		os.Remove(undoPath)
+	}
+	return nil
+}
+
+// applyChanges records changes (see undoPath), then makes them, and
+// notes the old values for close.
+func (f *ftraceSession) applyChanges(changes []settingChange) error {
+	if len(changes) == 0 {
+		return nil
+	}
+	// Best effort: without the record (no writable /run), the settings
+	// are restored all the same unless the process dies first.
+	f.undoRecorded = writeUndoRecord(ownUndoRecord(changes)) == nil
+	for i, c := range changes {
+		switch c.name {
+		case "buffer_size_kb":
+			f.oldBufferKB = c.old
+		case "options/pause-on-trace":
+			f.oldPause = c.old
+		case "buffer_percent":
+			f.oldPercent = c.old
+		}
+		if err := writeFile(f.path(c.name), c.ours); err != nil {
+			return fmt.Errorf("tracer: %w", err)
+		}
+		if c.name == "buffer_size_kb" {
+			// The kernel may round the size: record what it shows,
+			// which is what the next session will compare.
+			if kb, err := f.bufferSizeKB(); err == nil && kb != c.ours {
+				changes[i].ours = kb
+				if f.undoRecorded {
+					writeUndoRecord(ownUndoRecord(changes))
+				}
+			}
+		}
 	}
 	return nil
 }

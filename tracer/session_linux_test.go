@@ -301,8 +301,8 @@ func TestSettingChangesMarkIncomplete(t *testing.T) {
 	}{
 		{disk, "", "0", "disabled by someone else", false},
 		{filepath.Join(dir, "tracing_on"), "1", "0", "tracing_on switched off", true},
-		// Start clears it only if it is set (the kernel's default; a
-		// daemon killed before its Stop leaves it cleared).
+		// Start clears it only if it is set (the kernel's default; an
+		// administrator may have cleared it).
 		{filepath.Join(dir, "options", "pause-on-trace"), "1", "1", "pause-on-trace set again", false},
 	} {
 		t.Run(filepath.Base(filepath.Dir(tc.file))+"/"+filepath.Base(tc.file), func(t *testing.T) {
@@ -346,5 +346,62 @@ func TestSettingChangesMarkIncomplete(t *testing.T) {
 				t.Fatalf("after writing %s to %s: complete %v %q, want %q", tc.value, tc.file, ok, why, tc.reason)
 			}
 		})
+	}
+}
+
+// TestStartRestoresACrashedSessionsSettings: a process killed while it
+// traced left pause-on-trace cleared and its record (undoPath). The next
+// Start puts the old value back before it clears it again for itself, so
+// its Stop restores the machine's value, not the dead session's.
+func TestStartRestoresACrashedSessionsSettings(t *testing.T) {
+	requireTracing(t)
+	dir := tracefsDir(t)
+	useUndoPath(t)
+	d := testenv.NewLoopDevice(t, 16<<20)
+	pause := filepath.Join(dir, "options", "pause-on-trace")
+	old, err := readSysString(pause)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := writeFile(pause, old); err != nil {
+			t.Errorf("restoring %s to %s: %v", pause, old, err)
+		}
+	})
+	if err := writeFile(pause, "0"); err != nil {
+		t.Fatal(err)
+	}
+	dead := undoRecord{pid: os.Getppid(), start: "1", boot: bootID(),
+		changes: []settingChange{{"options/pause-on-trace", "1", "0"}}}
+	if err := writeUndoRecord(dead); err != nil {
+		t.Fatal(err)
+	}
+
+	tr, err := Start(context.Background(), d.Path, Options{Source: Ftrace})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(undoPath)
+	if err != nil {
+		tr.Stop()
+		t.Fatalf("no record while tracing: %v", err)
+	}
+	rec, err := parseUndoRecord(string(b))
+	if err != nil || rec.pid != os.Getpid() || len(rec.changes) == 0 || rec.changes[0].old != "1" {
+		tr.Stop()
+		t.Fatalf("record while tracing: %+v, %v; want this process's, with pause-on-trace's old value 1", rec, err)
+	}
+	if v, _ := readSysString(pause); v != "0" {
+		tr.Stop()
+		t.Fatalf("pause-on-trace %s while tracing, want 0", v)
+	}
+	if err := tr.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	if v, _ := readSysString(pause); v != "1" {
+		t.Fatalf("pause-on-trace %s after Stop, want 1, the value before the crashed session", v)
+	}
+	if _, err := os.Stat(undoPath); !os.IsNotExist(err) {
+		t.Fatalf("the record is still there after Stop: %v", err)
 	}
 }

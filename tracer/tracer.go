@@ -162,7 +162,11 @@ var (
 // set, merely reading the trace file stops recording without a counter.
 // It also raises a buffer_percent of 0 to the kernel's default, 50: with
 // 0 the readers would wake for every event and spin on the page being
-// written. Stop puts both back.
+// written. Stop puts both back. A process that dies before its Stop
+// cannot, so Start first records what it changes in
+// /run/blockimage/tracer-ftrace-settings, and the next Start, in any
+// process, puts back the settings a dead process's record names, unless
+// someone changed them since.
 //
 // What cannot be seen: a tool that switches tracing_on off and on again,
 // or swaps the snapshot buffer twice, between two checks (every poll

@@ -111,7 +111,7 @@ type ftraceSub struct {
 	s        *ftraceSession
 	dev      *blockDevice
 	set      *Set
-	enable   *sysFile // DISK/trace/enable, read by checkSettings; guarded by s.subsMu
+	enable   *sysFile // DISK/trace/enable: read by checkSettings under checkMu and subsMu, closed under subsMu
 	stopOnce sync.Once
 	stopping atomic.Bool // its disk's enable may be 0 on purpose
 }
@@ -133,6 +133,8 @@ func startFtrace(ctx context.Context, d *blockDevice, set *Set, o Options) (*ftr
 	u := &ftraceSub{s: s, dev: d, set: set, enable: newSysFile(filepath.Join(traceDir, "enable"))}
 	if err := s.add(u); err != nil {
 		if s.refs == 0 {
+			// A new session: its readers run already.
+			stopAll(s.readers)
 			s.close()
 		}
 		return nil, err
@@ -161,11 +163,6 @@ func newFtraceSession(o Options) (_ *ftraceSession, err error) {
 	if f.nonBlk, err = f.ftraceEventIDs(); err != nil {
 		return nil, err
 	}
-	// Without trace_marker (the markers option off), Flush falls back to
-	// draining until EAGAIN; see Tracer.
-	if m, err := openMarkers(dir); err == nil {
-		f.markers = m
-	}
 	cpus, err := filepath.Glob(f.path("per_cpu", "cpu*"))
 	if err != nil || len(cpus) == 0 {
 		return nil, fmt.Errorf("tracer: no per-CPU buffers under %s: %w", f.dir, ErrUnavailable)
@@ -179,6 +176,11 @@ func newFtraceSession(o Options) (_ *ftraceSession, err error) {
 			f.close()
 		}
 	}()
+	// Without trace_marker (the markers option off), Flush falls back to
+	// draining until EAGAIN; see Tracer.
+	if m, err := openMarkers(dir); err == nil {
+		f.markers = m
+	}
 	var changes []settingChange
 	if o.BufferSizeKB > 0 {
 		old, err := f.bufferSizeKB()
@@ -227,7 +229,8 @@ func newFtraceSession(o Options) (_ *ftraceSession, err error) {
 		if cpu >= len(mask)*64 || mask[cpu/64]&(1<<(cpu%64)) == 0 {
 			return nil, fmt.Errorf("tracer: tracing_cpumask %s excludes cpu%d: %w", f.cpumask, cpu, ErrBusy)
 		}
-		st := &cpuState{cpu: cpu, page: make([]byte, f.pageSize), stats: &sysFile{path: filepath.Join(c, "stats"), fd: -1, raw: true}}
+		st := &cpuState{cpu: cpu, fd: -1, pipe: [2]int{-1, -1}, page: make([]byte, f.pageSize),
+			stats: &sysFile{path: filepath.Join(c, "stats"), fd: -1, raw: true}}
 		f.states = append(f.states, st) // close closes its files
 		if st.base, err = readLossCounters(st.stats); err != nil {
 			return nil, fmt.Errorf("tracer: %w", err)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"unsafe"
@@ -403,5 +404,40 @@ func TestStartRestoresACrashedSessionsSettings(t *testing.T) {
 	}
 	if _, err := os.Stat(undoPath); !os.IsNotExist(err) {
 		t.Fatalf("the record is still there after Stop: %v", err)
+	}
+}
+
+// TestRefusedDiskStopsTheNewSession: when the first Tracer's disk cannot
+// be added (its blktrace is enabled already, as a killed process leaves
+// it), Start fails and the session it set up must go entirely: its
+// readers stopped, not left spinning on closed files.
+func TestRefusedDiskStopsTheNewSession(t *testing.T) {
+	requireTracing(t)
+	d := testenv.NewLoopDevice(t, 16<<20)
+	enable := filepath.Join("/sys/block", filepath.Base(d.Path), "trace", "enable")
+	if err := writeFile(enable, "1"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := writeFile(enable, "0"); err != nil {
+			t.Errorf("disabling %s: %v", enable, err)
+		}
+	})
+	if _, err := Start(context.Background(), d.Path, Options{Source: Ftrace}); !errors.Is(err, ErrBusy) {
+		t.Fatalf("Start with the disk's blktrace enabled: %v, want ErrBusy", err)
+	}
+	buf := make([]byte, 1<<20)
+	if stacks := string(buf[:runtime.Stack(buf, true)]); strings.Contains(stacks, "(*cpuReader).run") {
+		t.Fatalf("readers still run after the failed Start:\n%s", stacks)
+	}
+	if cur, _ := readSysString(filepath.Join(tracefsDir(t), "current_tracer")); cur != "nop" {
+		t.Fatalf("current_tracer %q after the failed Start", cur)
+	}
+	if err := writeFile(enable, "0"); err != nil {
+		t.Fatal(err)
+	}
+	tr := startTracer(t, d.Path, Options{Source: Ftrace})
+	if err := tr.Flush(context.Background()); err != nil {
+		t.Fatal(err)
 	}
 }

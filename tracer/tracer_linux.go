@@ -39,16 +39,20 @@ func readSysString(path string) (string, error) {
 // fcntls, reads and close. (These made up a sixth of the tracer's CPU time
 // under fio, measured with perf.)
 type sysFile struct {
-	path string
-	fd   int // -1 until the first read
-	buf  []byte
-	raw  bool // rendering never waits: read with rawPreadAt0
+	path   string
+	fd     int // -1 until the first read
+	buf    []byte
+	raw    bool // read with rawPreadAt0 (see rawsys_linux.go)
+	closed bool // reads fail from now on
 }
 
 func newSysFile(path string) *sysFile { return &sysFile{path: path, fd: -1} }
 
 // read returns the file's content without surrounding white space.
 func (f *sysFile) read() (string, error) {
+	if f.closed {
+		return "", &os.PathError{Op: "read", Path: f.path, Err: os.ErrClosed}
+	}
 	if f.fd < 0 {
 		fd, err := unix.Open(f.path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
 		if err != nil {
@@ -82,7 +86,10 @@ func (f *sysFile) read() (string, error) {
 	}
 }
 
+// close closes the file for good: a later read fails rather than opens
+// it again.
 func (f *sysFile) close() {
+	f.closed = true
 	if f.fd >= 0 {
 		unix.Close(f.fd)
 		f.fd = -1
@@ -122,7 +129,7 @@ func lookupDevice(path string) (*blockDevice, error) {
 	if st.Mode&unix.S_IFMT != unix.S_IFBLK {
 		return nil, fmt.Errorf("tracer: %s is not a block device: %w", path, ErrUnavailable)
 	}
-	sys, err := filepath.EvalSymlinks(fmt.Sprintf("/sys/dev/block/%d:%d", unix.Major(st.Rdev), unix.Minor(st.Rdev)))
+	sys, err := filepath.EvalSymlinks(fmt.Sprintf("/sys/dev/block/%d:%d", unix.Major(uint64(st.Rdev)), unix.Minor(uint64(st.Rdev))))
 	if err != nil {
 		return nil, fmt.Errorf("tracer: sysfs entry of %s: %w", path, err)
 	}

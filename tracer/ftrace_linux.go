@@ -396,7 +396,7 @@ func (f *ftraceSession) close() error {
 		return fmt.Errorf("tracer: restoring tracing settings: %w", err)
 	}
 	if f.undoRecorded {
-		os.Remove(undoPath)
+		removeOwnUndoRecord()
 	}
 	return nil
 }

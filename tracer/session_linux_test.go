@@ -372,7 +372,7 @@ func TestStartRestoresACrashedSessionsSettings(t *testing.T) {
 	if err := writeFile(pause, "0"); err != nil {
 		t.Fatal(err)
 	}
-	dead := undoRecord{pid: os.Getppid(), start: "1", boot: bootID(),
+	dead := undoRecord{pid: deadPid(t), start: "1", boot: bootID(),
 		changes: []settingChange{{"options/pause-on-trace", "1", "0"}}}
 	if err := writeUndoRecord(dead); err != nil {
 		t.Fatal(err)

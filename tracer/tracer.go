@@ -164,9 +164,11 @@ var (
 // 0 the readers would wake for every event and spin on the page being
 // written. Stop puts both back. A process that dies before its Stop
 // cannot, so Start first records what it changes in
-// /run/blockimage/tracer-ftrace-settings, and the next Start, in any
-// process, puts back the settings a dead process's record names, unless
-// someone changed them since.
+// /run/blockimage/tracer-ftrace-settings. Such a process also leaves
+// current_tracer at blk, which makes Start refuse (ErrBusy); once the
+// caller has reset it to nop, the next Start, in any process, puts back
+// the settings the dead process's record names, unless someone changed
+// them since.
 //
 // What cannot be seen: a tool that switches tracing_on off and on again,
 // or swaps the snapshot buffer twice, between two checks (every poll

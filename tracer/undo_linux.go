@@ -21,8 +21,15 @@ import (
 // still holds the value that process wrote (one that differs was changed
 // since, by someone else, and is left alone), and removes the record.
 //
+// A process that dies while tracing also leaves current_tracer at blk, and
+// Start refuses that (ErrBusy: it cannot tell it from another tool's).
+// The record is acted on once the caller has reset it, as linuxagent
+// does from its running marker.
+//
 // The record lives on /run, which is cleared at boot, as tracefs settings
-// are; it also names the boot, for systems whose /run persists.
+// are. It also names the boot: on a system whose /run persists, a record
+// of another boot is dropped without restoring anything, since the
+// settings went back to the kernel's defaults at boot.
 
 // undoPath is where a session records the settings it changed. A
 // variable for the tests.
@@ -102,11 +109,33 @@ func writeUndoRecord(r undoRecord) error {
 	if err := os.MkdirAll(filepath.Dir(undoPath), 0o700); err != nil {
 		return err
 	}
-	tmp := undoPath + ".tmp"
-	if err := os.WriteFile(tmp, []byte(r.String()), 0o600); err != nil {
+	tmp, err := os.CreateTemp(filepath.Dir(undoPath), filepath.Base(undoPath)+".*")
+	if err != nil {
 		return err
 	}
-	return os.Rename(tmp, undoPath)
+	_, err = tmp.WriteString(r.String())
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp.Name(), undoPath)
+	}
+	if err != nil {
+		os.Remove(tmp.Name())
+	}
+	return err
+}
+
+// removeOwnUndoRecord removes undoPath if it is this process's record:
+// another process that started a session since has replaced it.
+func removeOwnUndoRecord() {
+	b, err := os.ReadFile(undoPath)
+	if err != nil {
+		return
+	}
+	if r, err := parseUndoRecord(string(b)); err == nil && r.pid == os.Getpid() {
+		os.Remove(undoPath)
+	}
 }
 
 // restoreStaleSettings puts back the settings that a session of a process
@@ -125,10 +154,14 @@ func restoreStaleSettings(tracefs string) error {
 		os.Remove(undoPath)
 		return fmt.Errorf("tracer: %s: %w (removed)", undoPath, err)
 	}
+	if r.boot != bootID() {
+		// The settings went back to the kernel's at boot.
+		return os.Remove(undoPath)
+	}
 	// Another process that runs restores them itself. This process runs
 	// no session now (sessions are per process), so a record of its own
 	// is one whose restore failed: try again.
-	if r.pid != os.Getpid() && r.boot == bootID() && r.start == processStart(r.pid) {
+	if r.pid != os.Getpid() && r.start == processStart(r.pid) {
 		return nil
 	}
 	var errs []error

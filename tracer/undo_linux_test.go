@@ -2,6 +2,7 @@ package tracer
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -43,6 +44,16 @@ func settingsOf(t *testing.T, dir string, names ...string) string {
 	return strings.Join(got, " ")
 }
 
+// deadPid returns the pid of a process that ran and was reaped.
+func deadPid(t *testing.T) int {
+	t.Helper()
+	cmd := exec.Command("true")
+	if err := cmd.Run(); err != nil {
+		t.Fatal(err)
+	}
+	return cmd.Process.Pid
+}
+
 var allUndoable = []string{"buffer_size_kb", "buffer_percent", "options/pause-on-trace"}
 
 func TestStaleSettingsRestored(t *testing.T) {
@@ -52,9 +63,7 @@ func TestStaleSettingsRestored(t *testing.T) {
 		"buffer_size_kb":         "7 (expanded: 2048)", // its value, not allocated
 		"buffer_percent":         "30",                 // changed since by someone else
 	})
-	// The parent's pid with another start time: the process that wrote
-	// it is gone, and its pid was reused.
-	dead := undoRecord{pid: os.Getppid(), start: "1", boot: bootID(), changes: []settingChange{
+	dead := undoRecord{pid: deadPid(t), start: "1", boot: bootID(), changes: []settingChange{
 		{"options/pause-on-trace", "1", "0"},
 		{"buffer_size_kb", "1408", "2048"},
 		{"buffer_percent", "0", "50"},
@@ -94,7 +103,9 @@ func TestLiveSessionsRecordIsLeftAlone(t *testing.T) {
 	if _, err := os.Stat(undoPath); err != nil {
 		t.Fatalf("a live session's record was removed: %v", err)
 	}
-	// The same record from another boot is stale.
+	// The same record from another boot is dropped, and nothing is
+	// restored: the settings went back to the kernel's at boot, and the
+	// value the session wrote may be the kernel's default.
 	live.boot = "another-boot"
 	if err := writeUndoRecord(live); err != nil {
 		t.Fatal(err)
@@ -102,8 +113,11 @@ func TestLiveSessionsRecordIsLeftAlone(t *testing.T) {
 	if err := restoreStaleSettings(dir); err != nil {
 		t.Fatal(err)
 	}
-	if got := settingsOf(t, dir, "options/pause-on-trace"); got != "options/pause-on-trace=1" {
-		t.Fatalf("a record of another boot was not acted on: %s", got)
+	if got := settingsOf(t, dir, "options/pause-on-trace"); got != "options/pause-on-trace=0" {
+		t.Fatalf("a record of another boot was acted on: %s", got)
+	}
+	if _, err := os.Stat(undoPath); !os.IsNotExist(err) {
+		t.Fatalf("a record of another boot was kept: %v", err)
 	}
 }
 
@@ -150,5 +164,28 @@ func TestUndoRecordRoundTrip(t *testing.T) {
 	}
 	if err := writeUndoRecord(undoRecord{pid: 1, start: "1", changes: []settingChange{{"buffer_percent", "a b", "50"}}}); err == nil {
 		t.Fatal("a value with a space was recorded")
+	}
+}
+
+func TestOnlyOwnRecordRemoved(t *testing.T) {
+	useUndoPath(t)
+	other := undoRecord{pid: deadPid(t), start: "1", boot: bootID(),
+		changes: []settingChange{{"buffer_percent", "0", "50"}}}
+	if err := writeUndoRecord(other); err != nil {
+		t.Fatal(err)
+	}
+	removeOwnUndoRecord()
+	if _, err := os.Stat(undoPath); err != nil {
+		t.Fatalf("another process's record was removed: %v", err)
+	}
+	if err := writeUndoRecord(ownUndoRecord(other.changes)); err != nil {
+		t.Fatal(err)
+	}
+	removeOwnUndoRecord()
+	if _, err := os.Stat(undoPath); !os.IsNotExist(err) {
+		t.Fatalf("our own record was kept: %v", err)
+	}
+	if left, _ := filepath.Glob(undoPath + ".*"); len(left) > 0 {
+		t.Fatalf("temporary files left: %v", left)
 	}
 }

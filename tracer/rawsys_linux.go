@@ -7,10 +7,13 @@ import (
 )
 
 // The readers' system calls on their trace files are made raw, without
-// telling the Go runtime, because none of them waits for data or for
-// another process: the files and pipes are non-blocking, polls have a zero
-// timeout, and the per-CPU stats files are rendered from the ring's
-// counters under spinlocks only.
+// telling the Go runtime, because none of them waits for data: the files
+// and pipes are non-blocking, and polls have a zero timeout. They can
+// still sleep briefly in the kernel: on the ring's per-CPU reader locks
+// while another reader of the ring (someone reading "trace") copies
+// events, on memory reclaim when the kernel allocates a page, on a page
+// fault in copying to user memory. For that time the goroutine keeps its
+// P, as a goroutine computing would, and a stop-the-world waits for it.
 //
 // Telling the runtime costs more than the calls. A system call made the
 // usual way (syscall.Syscall, and so unix.Read) wakes the runtime's monitor
@@ -65,10 +68,15 @@ func rawSpliceNonblock(in, out, n int) (int, error) {
 	return int(r), nil
 }
 
-// rawPollNow is ppoll(2) with a zero timeout: it never waits.
+// rawPollNow is ppoll(2) with a zero timeout: it never waits. On 32-bit
+// systems SYS_PPOLL takes a 32-bit time, which a kernel built without
+// COMPAT_32BIT_TIME refuses (ENOSYS): then it polls the usual way.
 func rawPollNow(fds []unix.PollFd) (int, error) {
 	var ts unix.Timespec
 	n, _, e := unix.RawSyscall6(unix.SYS_PPOLL, uintptr(unsafe.Pointer(&fds[0])), uintptr(len(fds)), uintptr(unsafe.Pointer(&ts)), 0, 0, 0)
+	if e == unix.ENOSYS {
+		return unix.Poll(fds, 0)
+	}
 	if e != 0 {
 		return 0, e
 	}

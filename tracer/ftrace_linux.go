@@ -69,10 +69,8 @@ type ftraceSession struct {
 	refs   int                     // subscribers; guarded by sessionMu
 
 	// What we changed, to restore, and what must stay as we set it.
-	oldBufferKB  string // "" when untouched
-	oldPause     string // options/pause-on-trace before we cleared it, "" when untouched
-	oldPercent   string // buffer_percent before we raised it from 0, "" when untouched
-	undoRecorded bool   // undoPath holds our record
+	changed      []settingChange // by applyChanges, in order; close puts the old values back
+	undoRecorded bool            // undoPath holds our record
 	bufferKB     string
 	cpumask      string
 
@@ -379,14 +377,8 @@ func (f *ftraceSession) close() error {
 	f.checkMu.Lock()
 	f.settings.close()
 	f.checkMu.Unlock()
-	if f.oldBufferKB != "" {
-		errs = append(errs, writeFile(f.path("buffer_size_kb"), f.oldBufferKB))
-	}
-	if f.oldPause != "" {
-		errs = append(errs, writeFile(f.path("options", "pause-on-trace"), f.oldPause))
-	}
-	if f.oldPercent != "" {
-		errs = append(errs, writeFile(f.path("buffer_percent"), f.oldPercent))
+	for _, c := range f.changed {
+		errs = append(errs, writeFile(f.path(c.name), c.old))
 	}
 	if f.markers != nil {
 		f.markers.close()
@@ -402,7 +394,7 @@ func (f *ftraceSession) close() error {
 }
 
 // applyChanges records changes (see undoPath), then makes them, and
-// notes the old values for close.
+// keeps them for close, which puts the old values back.
 func (f *ftraceSession) applyChanges(changes []settingChange) error {
 	if len(changes) == 0 {
 		return nil
@@ -411,14 +403,9 @@ func (f *ftraceSession) applyChanges(changes []settingChange) error {
 	// are restored all the same unless the process dies first.
 	f.undoRecorded = writeUndoRecord(ownUndoRecord(changes)) == nil
 	for i, c := range changes {
-		switch c.name {
-		case "buffer_size_kb":
-			f.oldBufferKB = c.old
-		case "options/pause-on-trace":
-			f.oldPause = c.old
-		case "buffer_percent":
-			f.oldPercent = c.old
-		}
+		// Kept before the write: if it fails, close writes back the
+		// old value, which the setting may still hold; no harm.
+		f.changed = changes[:i+1]
 		if err := writeFile(f.path(c.name), c.ours); err != nil {
 			return fmt.Errorf("tracer: %w", err)
 		}
@@ -434,6 +421,16 @@ func (f *ftraceSession) applyChanges(changes []settingChange) error {
 		}
 	}
 	return nil
+}
+
+// changedSetting reports whether this session changed the setting name.
+func (f *ftraceSession) changedSetting(name string) bool {
+	for _, c := range f.changed {
+		if c.name == name {
+			return true
+		}
+	}
+	return false
 }
 
 // parseCPUMask parses tracing_cpumask: hex words of 32 bits separated by

@@ -284,7 +284,7 @@ func (f *ftraceSession) checkSettingsLocked() {
 	if m, err := files.cpumask.read(); err != nil || m != f.cpumask {
 		f.markAll(fmt.Sprintf("tracing_cpumask changed from %s to %s by someone else", f.cpumask, m))
 	}
-	if f.oldPause != "" {
+	if f.changedSetting("options/pause-on-trace") {
 		if p, err := files.pause.read(); err != nil || p != "0" {
 			f.markAll("pause-on-trace set again by someone else: reading the trace file stops recording")
 		}

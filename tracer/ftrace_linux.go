@@ -191,13 +191,13 @@ func newFtraceSession(o Options) (_ *ftraceSession, err error) {
 	// when pause-on-trace is set (the default), and the ring buffer drops
 	// events silently while recording is off: a "cat trace" by an
 	// administrator would lose writes without a trace in any counter.
-	if p, err := readSysString(f.path("options", "pause-on-trace")); err == nil && p != "0" {
+	if p, err := f.settings.pause.read(); err == nil && p != "0" {
 		changes = append(changes, settingChange{"options/pause-on-trace", p, "0"})
 	}
 	// A reader takes complete pages only when woken (see drainMode). With
 	// buffer_percent 0 a poll finds the ring readable as soon as it holds
 	// one event, so the readers would spin on the page being written.
-	if p, err := readSysString(f.path("buffer_percent")); err == nil && p == "0" {
+	if p, err := f.settings.percent.read(); err == nil && p == "0" {
 		changes = append(changes, settingChange{"buffer_percent", p, defaultBufferPercent})
 	}
 	if err := f.applyChanges(changes); err != nil {
@@ -476,8 +476,10 @@ func (f *ftraceSession) checkUnused() error {
 	}
 	return nil
 }
+
+// bufferSizeKB reads buffer_size_kb; under checkMu once readers run.
 func (f *ftraceSession) bufferSizeKB() (string, error) {
-	s, err := readSysString(f.path("buffer_size_kb"))
+	s, err := f.settings.bufferSizeKB.read()
 	if err != nil {
 		return "", fmt.Errorf("tracer: %w", err)
 	}

@@ -275,8 +275,7 @@ func (f *ftraceSession) checkSettingsLocked() {
 	if on, err := files.tracingOn.read(); err != nil || on != "1" {
 		f.markAll("tracing_on switched off by someone else")
 	}
-	kb, err := files.bufferSizeKB.read()
-	if kb = expandedKB(kb); err != nil || kb != f.bufferKB {
+	if kb, err := f.bufferSizeKB(); err != nil || kb != f.bufferKB {
 		// Resizing disables recording while it runs.
 		f.markAll(fmt.Sprintf("buffer_size_kb changed from %s to %s by someone else", f.bufferKB, kb))
 		f.bufferKB = kb

@@ -40,6 +40,25 @@ func tracefsDir(t *testing.T) string {
 	return dir
 }
 
+// setForTest writes value to the settings file path and puts the value
+// it held back when the test ends (after the cleanups registered later,
+// such as a Tracer's Stop).
+func setForTest(t *testing.T, path, value string) {
+	t.Helper()
+	old, err := readSysString(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := writeFile(path, old); err != nil {
+			t.Errorf("restoring %s to %s: %v", path, old, err)
+		}
+	})
+	if err := writeFile(path, value); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func startTracer(t *testing.T, dev string, o Options) *Tracer {
 	t.Helper()
 	tr, err := Start(context.Background(), dev, o)

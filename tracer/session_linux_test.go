@@ -308,19 +308,7 @@ func TestSettingChangesMarkIncomplete(t *testing.T) {
 	} {
 		t.Run(filepath.Base(filepath.Dir(tc.file))+"/"+filepath.Base(tc.file), func(t *testing.T) {
 			if tc.before != "" {
-				old, err := readSysString(tc.file)
-				if err != nil {
-					t.Fatal(err)
-				}
-				if err := writeFile(tc.file, tc.before); err != nil {
-					t.Fatal(err)
-				}
-				// Registered before the tracer's Stop, so run after it.
-				t.Cleanup(func() {
-					if err := writeFile(tc.file, old); err != nil {
-						t.Errorf("restoring %s to %s: %v", tc.file, old, err)
-					}
-				})
+				setForTest(t, tc.file, tc.before) // restored after the tracer's Stop
 			}
 			tr := startTracer(t, d.Path, Options{Source: Ftrace})
 			if err := tr.Flush(ctx); err != nil {
@@ -360,18 +348,7 @@ func TestStartRestoresACrashedSessionsSettings(t *testing.T) {
 	useUndoPath(t)
 	d := testenv.NewLoopDevice(t, 16<<20)
 	pause := filepath.Join(dir, "options", "pause-on-trace")
-	old, err := readSysString(pause)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := writeFile(pause, old); err != nil {
-			t.Errorf("restoring %s to %s: %v", pause, old, err)
-		}
-	})
-	if err := writeFile(pause, "0"); err != nil {
-		t.Fatal(err)
-	}
+	setForTest(t, pause, "0")
 	dead := undoRecord{pid: deadPid(t), start: "1", boot: bootID(),
 		changes: []settingChange{{"options/pause-on-trace", "1", "0"}}}
 	if err := writeUndoRecord(dead); err != nil {

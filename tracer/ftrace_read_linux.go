@@ -45,7 +45,7 @@ func (f *ftraceSession) drain(st *cpuState, mode drainMode) (took bool, err erro
 		}
 	}
 	for {
-		n, empty, err := readRing(st.fd, st.page)
+		n, empty, err := readRing(st.fd, st.page, mode == drainAll)
 		if err != nil {
 			f.markAll(fmt.Sprintf("reading the ring buffer of cpu%d: %v", st.cpu, err))
 			return took, err

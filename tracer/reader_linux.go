@@ -337,8 +337,11 @@ func readNonblock(fd int, p []byte) (int, error) {
 // when the entry count is zero, while the emptiness test looks at the
 // commit page only), and it persists while nothing is written. A few quick
 // retries cover a writer in the middle of a page switch; after them the
-// ring counts as empty.
-func readRing(fd int, p []byte) (n int, empty bool, err error) {
+// ring counts as empty. Only a drain that must take everything (patient)
+// retries: a quiet drain leaves a page switch to the next drain, and on a
+// ring that has gone quiet after taking events, where every read answers
+// 0 bytes, it would otherwise sleep three times at each poll interval.
+func readRing(fd int, p []byte, patient bool) (n int, empty bool, err error) {
 	for zeros := int64(0); ; {
 		n, err := rawRead(fd, p)
 		switch {
@@ -355,7 +358,7 @@ func readRing(fd int, p []byte) (n int, empty bool, err error) {
 		if zeros > maxZeroRun.Load() {
 			maxZeroRun.Store(zeros)
 		}
-		if zeros >= 4 {
+		if zeros >= 4 || !patient {
 			return 0, true, nil
 		}
 		time.Sleep(100 * time.Microsecond)

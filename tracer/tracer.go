@@ -53,8 +53,12 @@ type Options struct {
 	Set *Set
 	// PollInterval bounds how long events wait in the kernel's buffers
 	// before they are read when the buffers are quiet, and how often
-	// loss counters are checked. Default 50ms. A busy buffer wakes the
-	// reader earlier (trace_pipe_raw's buffer_percent).
+	// loss counters and tracing settings are checked. Default 1s. A busy
+	// buffer wakes the reader earlier (trace_pipe_raw's buffer_percent),
+	// and Flush and Stop take everything and check everything at once,
+	// so the interval only bounds how stale Set is between flushes and
+	// how late a loss shows before the next flush. It is what an idle
+	// tracer costs: each interval wakes one reader per CPU.
 	PollInterval time.Duration
 	// BufferSizeKB, when not 0, sets the per-CPU ftrace ring size
 	// (buffer_size_kb) or the classic relay sub-buffer size for the time
@@ -73,7 +77,7 @@ func (o *Options) defaults() error {
 		return fmt.Errorf("tracer: block size %d is not a power of two between 512 and 1 GiB", o.BlockSize)
 	}
 	if o.PollInterval <= 0 {
-		o.PollInterval = 50 * time.Millisecond
+		o.PollInterval = time.Second
 	}
 	if o.BufferSizeKB < 0 {
 		return fmt.Errorf("tracer: negative buffer size %d", o.BufferSizeKB)

@@ -34,9 +34,12 @@ type cpuReader struct {
 	conn  syscall.RawConn // file's, when the poller took it; nil: poll(2)
 	efd   int             // eventfd that wakes a poll(2) wait; -1 with conn
 	drain func(drainMode) (took bool, err error)
-	reqs  chan chan error
-	stopc chan struct{}
-	done  chan struct{}
+	// spinWait bounds a wait that ignores the kernel's data signal (see
+	// run): spinGuardWait, unless a test sets another before run.
+	spinWait time.Duration
+	reqs     chan chan error
+	stopc    chan struct{}
+	done     chan struct{}
 
 	closeMu sync.Mutex // wake does not write to a closed (perhaps reused) eventfd
 	closed  bool
@@ -71,7 +74,7 @@ const (
 // newCPUReader itself when it fails.
 func newCPUReader(cpu, fd int, name string, drain func(drainMode) (bool, error)) (*cpuReader, error) {
 	c := &cpuReader{
-		cpu: cpu, fd: fd, efd: -1, drain: drain,
+		cpu: cpu, fd: fd, efd: -1, drain: drain, spinWait: spinGuardWait,
 		file:  os.NewFile(uintptr(fd), name),
 		reqs:  make(chan chan error, 64),
 		stopc: make(chan struct{}),
@@ -217,12 +220,19 @@ func (c *cpuReader) run(interval time.Duration, afterDrain func(force bool)) {
 	// empty counts the wake-ups on data in a row that found no complete
 	// page. A kernel whose poll reports any event (buffer_percent 0, or a
 	// kernel before 5.2 that has none) would wake the reader again at
-	// once, for ever; after two, the next wait heeds only the interval
-	// and wake-ups, and the quiet drain at its end takes the page being
-	// written. (One can be a late wake-up for pages already taken.)
+	// once, for ever; after two, the next wait ignores the data for
+	// spinGuardWait at most (or the interval, if shorter), and the quiet
+	// drain at its end takes the page being written. (One can be a late
+	// wake-up for pages already taken.) Not the whole interval: writes
+	// that pick up meanwhile must not find the reader deaf for a second
+	// while the ring overruns.
 	empty := 0
 	for {
-		readable, waiters, stopping := c.wait(interval, empty >= 2)
+		wait := interval
+		if empty >= 2 {
+			wait = min(interval, c.spinWait)
+		}
+		readable, waiters, stopping := c.wait(wait, empty >= 2)
 		if h := testHookBeforeDrain.Load(); h != nil {
 			(*h)(c.cpu)
 		}
@@ -250,6 +260,11 @@ func (c *cpuReader) run(interval time.Duration, afterDrain func(force bool)) {
 		}
 	}
 }
+
+// spinGuardWait is how long a reader ignores a data signal that gave it
+// no complete page twice in a row (see run): three wake-ups per period at
+// most while a page fills on a kernel whose poll reports every event.
+const spinGuardWait = 50 * time.Millisecond
 
 // testHookBeforeDrain, when set by a test before Start, runs on each
 // reader's goroutine before each drain: the overrun test uses it to stall

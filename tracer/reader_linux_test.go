@@ -22,7 +22,7 @@ type pipeReader struct {
 	signal chan drainMode
 }
 
-func newPipeReader(t *testing.T, poll bool, interval time.Duration, stuck bool) *pipeReader {
+func newPipeReader(t *testing.T, poll bool, interval, spinWait time.Duration, stuck bool) *pipeReader {
 	t.Helper()
 	var p [2]int
 	if err := unix.Pipe2(p[:], unix.O_NONBLOCK|unix.O_CLOEXEC); err != nil {
@@ -61,6 +61,7 @@ func newPipeReader(t *testing.T, poll bool, interval time.Duration, stuck bool) 
 		t.Fatalf("reader waits in poll(2): %v, want %v", got, poll)
 	}
 	pr.cpuReader = r
+	r.spinWait = spinWait
 	go r.run(interval, nil)
 	t.Cleanup(func() {
 		select {
@@ -100,7 +101,7 @@ func (pr *pipeReader) received() string {
 func TestCPUReaderWakes(t *testing.T) {
 	for _, poll := range []bool{false, true} {
 		t.Run(fmt.Sprintf("poll=%v", poll), func(t *testing.T) {
-			pr := newPipeReader(t, poll, time.Hour, false)
+			pr := newPipeReader(t, poll, time.Hour, time.Hour, false)
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 			defer cancel()
 
@@ -155,7 +156,7 @@ func TestCPUReaderWakes(t *testing.T) {
 func TestCPUReaderQuietDrain(t *testing.T) {
 	for _, poll := range []bool{false, true} {
 		t.Run(fmt.Sprintf("poll=%v", poll), func(t *testing.T) {
-			pr := newPipeReader(t, poll, time.Millisecond, false)
+			pr := newPipeReader(t, poll, time.Millisecond, time.Millisecond, false)
 			select {
 			case m := <-pr.signal:
 				if m != drainQuiet {
@@ -170,12 +171,12 @@ func TestCPUReaderQuietDrain(t *testing.T) {
 
 // TestCPUReaderDoesNotSpin gives a reader data its page drains never take
 // (as the page being written, on a kernel whose poll reports a single
-// event): after two such wake-ups it must wait for its interval (an hour
-// here) or a flush, not drain again and again.
+// event): after two such wake-ups it must ignore the data until its spin
+// guard (an hour here) or a flush, not drain again and again.
 func TestCPUReaderDoesNotSpin(t *testing.T) {
 	for _, poll := range []bool{false, true} {
 		t.Run(fmt.Sprintf("poll=%v", poll), func(t *testing.T) {
-			pr := newPipeReader(t, poll, time.Hour, true)
+			pr := newPipeReader(t, poll, time.Hour, time.Hour, true)
 			unix.Write(pr.w, []byte("the page being written"))
 			time.Sleep(500 * time.Millisecond) // a spinning reader drains thousands of times meanwhile
 			if n := pr.count(drainPages); n != 2 {
@@ -186,6 +187,44 @@ func TestCPUReaderDoesNotSpin(t *testing.T) {
 			}
 			if n := pr.count(drainAll); n != 1 {
 				t.Fatalf("%d full drains after a flush, want 1", n)
+			}
+		})
+	}
+}
+
+// TestCPUReaderSpinGuardEndsBeforeTheInterval: a reader that ignores data
+// its page drains cannot take must look again once its spin guard passes,
+// even with an interval of an hour: the quiet drain then takes the page
+// being written. Otherwise writes picking up meanwhile would find it deaf
+// for a whole interval.
+func TestCPUReaderSpinGuardEndsBeforeTheInterval(t *testing.T) {
+	for _, poll := range []bool{false, true} {
+		t.Run(fmt.Sprintf("poll=%v", poll), func(t *testing.T) {
+			pr := newPipeReader(t, poll, time.Hour, time.Millisecond, true)
+			unix.Write(pr.w, []byte("the page being written"))
+			deadline := time.After(time.Minute)
+			for {
+				select {
+				case m := <-pr.signal:
+					if m == drainAll {
+						t.Fatal("a full drain without a flush")
+					}
+					if m != drainQuiet {
+						continue
+					}
+					pr.mu.Lock()
+					got := string(pr.got)
+					pr.mu.Unlock()
+					if got != "the page being written" {
+						t.Fatalf("quiet drain took %q", got)
+					}
+					if n := pr.count(drainPages); n != 2 {
+						t.Fatalf("%d page drains before the quiet one, want 2", n)
+					}
+					return
+				case <-deadline:
+					t.Fatal("no quiet drain after the spin guard passed")
+				}
 			}
 		})
 	}

@@ -8,6 +8,7 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -129,6 +130,51 @@ func TestRingResetMarksIncomplete(t *testing.T) {
 	if !strings.Contains(why, "reset") {
 		t.Fatalf("incomplete for another reason: %s", why)
 	}
+}
+
+// TestCompleteAtStop: a loss that only Stop's last drain finds shows in
+// CompleteAtStop, and the mark Stop adds for the writes it no longer sees
+// does not. A caller that saves the set for a restart relies on both.
+func TestCompleteAtStop(t *testing.T) {
+	requireTracing(t)
+	ctx := context.Background()
+	d := testenv.NewLoopDevice(t, 16<<20)
+	// With an interval of an hour, only a flush or a stop checks the
+	// loss counters.
+	o := Options{Source: Ftrace, PollInterval: time.Hour}
+	t.Run("clean", func(t *testing.T) {
+		tr := startTracer(t, d.Path, o)
+		writeDirect(t, d.Path, 0, 4096)
+		if err := tr.Stop(); err != nil {
+			t.Fatal(err)
+		}
+		if ok, why := tr.CompleteAtStop(); !ok {
+			t.Fatalf("CompleteAtStop: incomplete: %s", why)
+		}
+		if ok, why := tr.Set().Complete(); ok || !strings.Contains(why, "stopped") {
+			t.Fatalf("the stopped tracer's set: complete %v (%s), want incomplete because stopped", ok, why)
+		}
+	})
+	t.Run("loss found by the last drain", func(t *testing.T) {
+		tr := startTracer(t, d.Path, o)
+		writeDirect(t, d.Path, 0, 4096)
+		if err := tr.Flush(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := writeFile(filepath.Join(tracefsDir(t), "trace"), ""); err != nil { // a reset discards events
+			t.Fatal(err)
+		}
+		if ok, why := tr.Set().Complete(); !ok {
+			t.Fatalf("the loss was found before Stop: %s", why)
+		}
+		if err := tr.Stop(); err != nil {
+			t.Fatal(err)
+		}
+		ok, why := tr.CompleteAtStop()
+		if ok || !strings.Contains(why, "reset") || strings.Contains(why, "stopped") {
+			t.Fatalf("CompleteAtStop: complete %v (%s), want incomplete because of the reset only", ok, why)
+		}
+	})
 }
 
 func equalExtents(a, b []Extent) bool {

@@ -191,6 +191,13 @@ type Tracer struct {
 
 	mu      sync.Mutex
 	stopped bool
+	// atStop is the set's Complete when Stop had drained the kernel's
+	// buffers, before it marked the set stopped; valid once drained.
+	atStop struct {
+		drained  bool
+		complete bool
+		why      string
+	}
 }
 
 // source is what the Linux sources implement.
@@ -241,8 +248,32 @@ func (t *Tracer) Stop() error {
 	t.stopped = true
 	t.mu.Unlock()
 	err := t.src.stop()
+	complete, why := t.set.Complete()
+	t.mu.Lock()
+	t.atStop.drained, t.atStop.complete, t.atStop.why = true, complete, why
+	t.mu.Unlock()
 	t.set.MarkIncomplete("tracing of " + t.device + " stopped")
 	return err
+}
+
+// CompleteAtStop reports what Set().Complete() reported when Stop had
+// read the kernel's buffers for the last time, before Stop marked the set
+// incomplete for the writes it no longer sees: a loss that Stop's last
+// drain found (it checks the loss counters and settings once more) shows
+// here, and the stop itself does not. Until Stop has drained, it reports
+// Set().Complete().
+//
+// A caller that saves the set to continue tracking after a restart (see
+// Options.Set) and vouches for the time in between decides with it
+// whether the saved set is complete: Set().Complete() read before Stop
+// misses what the last drain finds.
+func (t *Tracer) CompleteAtStop() (bool, string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if !t.atStop.drained {
+		return t.set.Complete()
+	}
+	return t.atStop.complete, t.atStop.why
 }
 
 // apply records one decoded event. partStart is the partition's first

@@ -209,11 +209,12 @@ func (d *Daemon) stopDevice(t *trackedDevice) error {
 	}
 	// The counter is read while the tracer still runs: a write that
 	// lands in between is traced and counted, which only makes the next
-	// start distrust the set. A set that already lost events is not
-	// worth saving.
-	complete, why := t.tracer.Complete()
+	// start distrust the set. A set that lost events is not worth
+	// saving; Stop's last drain checks for losses once more, so ask
+	// after it.
 	n, cerr := d.p.WriteCount(t.state.Device)
 	serr := t.tracer.Stop()
+	complete, why := t.tracer.CompleteAtStop()
 	st := t.state
 	if !complete && st.Target != "" {
 		st.Target, st.Reason = "", "tracking lost events: "+why

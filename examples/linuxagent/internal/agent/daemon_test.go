@@ -180,6 +180,28 @@ func TestCleanRestartKeepsTracking(t *testing.T) {
 	}
 }
 
+// TestLossFoundAtStopIsNotSaved: a loss that only the tracer's last drain
+// at Stop finds must keep the daemon from saving the set, or the next
+// start would continue an incremental chain with a gap in it.
+func TestLossFoundAtStopIsNotSaved(t *testing.T) {
+	m := newFakeMachine(2<<20, 8)
+	dir := t.TempDir()
+	d := startDaemon(t, m, dir, fakeDevice)
+	backup(t, d, agentapi.Full, fakeTarget1)
+	m.lastTracer().lossAtStop = "ring buffer overrun"
+	if err := d.Stop(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	d = startDaemon(t, m, dir)
+	res := backup(t, d, agentapi.Incremental, fakeTarget1)
+	if res.Mode != agentapi.Diff || !strings.Contains(res.FallbackReason, "overrun") {
+		t.Fatalf("incremental after a loss found at stop: %+v", res)
+	}
+	if !m.exact(fakeTarget1) {
+		t.Fatal("diff differs from the device")
+	}
+}
+
 func TestUncleanStopForcesAnExactDiff(t *testing.T) {
 	m := newFakeMachine(2<<20, 7)
 	dir := t.TempDir()

@@ -104,6 +104,8 @@ type fakeTracer struct {
 	epoch      uint64
 	dirty      map[int]uint64
 	incomplete string
+	// lossAtStop, when set, is a loss that only Stop's last drain finds.
+	lossAtStop string
 }
 
 func (t *fakeTracer) record(b int) {
@@ -170,10 +172,17 @@ func (t *fakeTracer) Adopt(saved io.Reader) error {
 	return nil
 }
 
+func (t *fakeTracer) CompleteAtStop() (bool, string) { return t.Complete() }
+
 func (t *fakeTracer) Stop() error {
 	t.d.mu.Lock()
 	defer t.d.mu.Unlock()
 	delete(t.d.tracers, t)
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.lossAtStop != "" && t.incomplete == "" {
+		t.incomplete = t.lossAtStop
+	}
 	return nil
 }
 

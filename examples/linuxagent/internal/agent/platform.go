@@ -33,6 +33,10 @@ type Tracer interface {
 	Adopt(saved io.Reader) error
 	// Stop ends the tracing.
 	Stop() error
+	// CompleteAtStop is Complete as Stop found it after its last read of
+	// the kernel's buffers, without the mark of the stop itself: what a
+	// saved set may claim.
+	CompleteAtStop() (bool, string)
 }
 
 // Target is where an image goes: an NBD export, possibly served by the

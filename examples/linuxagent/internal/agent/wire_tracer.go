@@ -49,6 +49,7 @@ func (c *traced) Flush(ctx context.Context) error { return c.t.Flush(ctx) }
 func (c *traced) Cut() uint64                     { return c.s.Cut() }
 func (c *traced) Complete() (bool, string)        { return c.s.Complete() }
 func (c *traced) Stop() error                     { return c.t.Stop() }
+func (c *traced) CompleteAtStop() (bool, string)  { return c.t.CompleteAtStop() }
 
 func (c *traced) Save(w io.Writer) error {
 	_, err := c.s.WriteTo(w)

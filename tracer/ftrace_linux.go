@@ -74,9 +74,47 @@ type ftraceSession struct {
 	bufferKB     string
 	cpumask      string
 
-	checkMu   sync.Mutex
-	lastCheck time.Time
-	settings  settingFiles // guarded by checkMu
+	checkMu  sync.Mutex
+	settings settingFiles // guarded by checkMu
+	// watchStop ends the goroutine that checks the settings every
+	// settingsCheckEvery, which closes watchDone; nil before it starts.
+	watchStop, watchDone chan struct{}
+}
+
+// settingsCheckEvery is how often a session checks the tracing settings
+// whose change stops recording without a counter (checkSettingsLocked),
+// besides every Flush and Stop: a tool that switches tracing_on off and
+// on again faster than this can go unseen. One goroutine per session does
+// it, however many CPUs there are, so that the readers can sleep for their
+// whole poll interval.
+const settingsCheckEvery = 100 * time.Millisecond
+
+// watchSettings starts the periodic settings check.
+func (f *ftraceSession) watchSettings() {
+	f.watchStop, f.watchDone = make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(f.watchDone)
+		tick := time.NewTicker(settingsCheckEvery)
+		defer tick.Stop()
+		for {
+			select {
+			case <-f.watchStop:
+				return
+			case <-tick.C:
+				f.checkSettings()
+			}
+		}
+	}()
+}
+
+// stopWatching ends the periodic settings check, if it runs, and waits
+// for it: close must not restore settings under it.
+func (f *ftraceSession) stopWatching() {
+	if f.watchStop != nil {
+		close(f.watchStop)
+		<-f.watchDone
+		f.watchStop = nil
+	}
 }
 
 // settingFiles are the tracefs files checkSettings reads every interval.
@@ -249,6 +287,7 @@ func newFtraceSession(o Options) (_ *ftraceSession, err error) {
 		st := f.states[i]
 		go r.run(f.interval, func(force bool) { f.afterDrain(st, force) })
 	}
+	f.watchSettings()
 	return f, nil
 }
 
@@ -356,6 +395,7 @@ func (u *ftraceSub) stop() error {
 // close undoes what newFtraceSession changed. current_tracer was nop: we
 // refuse to start otherwise.
 func (f *ftraceSession) close() error {
+	f.stopWatching()
 	var errs []error
 	// First the ring files: the kernel refuses to change current_tracer
 	// (EBUSY) while a trace_pipe_raw is open.

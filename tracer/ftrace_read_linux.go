@@ -45,7 +45,7 @@ func (f *ftraceSession) drain(st *cpuState, mode drainMode) (took bool, err erro
 		}
 	}
 	for {
-		n, empty, err := readRing(st.fd, st.page, mode == drainAll)
+		n, empty, err := readRing(st.fd, st.page, mode != drainQuiet)
 		if err != nil {
 			f.markAll(fmt.Sprintf("reading the ring buffer of cpu%d: %v", st.cpu, err))
 			return took, err
@@ -226,7 +226,8 @@ func (f *ftraceSession) apply(st *cpuState) {
 // is a "read events" count other than ours: another reader of the ring
 // (a trace_pipe reader consumes events) or a reset of the ring (which
 // discards them). The checks run at most once per poll interval unless
-// force (a flush or a stop waits).
+// force (a flush or a stop waits); a forced one checks the settings too,
+// which the session also does every settingsCheckEvery.
 func (f *ftraceSession) afterDrain(st *cpuState, force bool) {
 	now := time.Now()
 	if !force && now.Sub(st.lastCheck) < f.interval {
@@ -251,11 +252,9 @@ func (f *ftraceSession) afterDrain(st *cpuState, force bool) {
 		lc.read = b.read
 	}
 	st.base = lc
-	f.checkMu.Lock()
-	defer f.checkMu.Unlock()
-	if force || now.Sub(f.lastCheck) >= f.interval {
-		f.lastCheck = now
-		f.checkSettingsLocked()
+	if force {
+		// Settings are also checked every settingsCheckEvery.
+		f.checkSettings()
 	}
 }
 

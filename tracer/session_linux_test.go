@@ -384,6 +384,40 @@ func TestSettingChangesMarkIncomplete(t *testing.T) {
 	}
 }
 
+// TestSettingsCheckedBetweenFlushes: with a poll interval of an hour and
+// no Flush, a tool that switches tracing_on off (and on again later) is
+// still seen: the session checks the settings every settingsCheckEvery.
+func TestSettingsCheckedBetweenFlushes(t *testing.T) {
+	requireTracing(t)
+	on := filepath.Join(tracefsDir(t), "tracing_on")
+	setForTest(t, on, "1") // restored after the tracer's Stop
+	d := testenv.NewLoopDevice(t, 16<<20)
+	tr := startTracer(t, d.Path, Options{Source: Ftrace, PollInterval: time.Hour})
+	if ok, why := tr.Set().Complete(); !ok {
+		t.Fatalf("incomplete before any change: %s", why)
+	}
+	if err := writeFile(on, "0"); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(time.Minute)
+	for {
+		ok, why := tr.Set().Complete()
+		if !ok {
+			if !strings.Contains(why, "tracing_on switched off") {
+				t.Fatalf("incomplete for another reason: %s", why)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("tracing_on off for a minute, and the set is still complete")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := writeFile(on, "1"); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestStartRestoresACrashedSessionsSettings: a process killed while it
 // traced left pause-on-trace cleared and its record (undoPath). The next
 // Start puts the old value back before it clears it again for itself, so

@@ -52,13 +52,14 @@ type Options struct {
 	// Default: a new, complete set.
 	Set *Set
 	// PollInterval bounds how long events wait in the kernel's buffers
-	// before they are read when the buffers are quiet, and how often
-	// loss counters and tracing settings are checked. Default 1s. A busy
-	// buffer wakes the reader earlier (trace_pipe_raw's buffer_percent),
-	// and Flush and Stop take everything and check everything at once,
-	// so the interval only bounds how stale Set is between flushes and
-	// how late a loss shows before the next flush. It is what an idle
-	// tracer costs: each interval wakes one reader per CPU.
+	// before they are read when the buffers are quiet, and how often the
+	// loss counters are checked. Default 1s. A busy buffer wakes the
+	// reader earlier (trace_pipe_raw's buffer_percent), and Flush and
+	// Stop take everything and check everything at once, so the interval
+	// only bounds how stale Set is between flushes and how late a loss
+	// shows before the next flush (see Tracer.CompleteAtStop). It is what
+	// an idle tracer costs: each interval wakes one reader per CPU. The
+	// tracing settings are checked every 100ms, whatever the interval.
 	PollInterval time.Duration
 	// BufferSizeKB, when not 0, sets the per-CPU ftrace ring size
 	// (buffer_size_kb) or the classic relay sub-buffer size for the time
@@ -175,8 +176,8 @@ var (
 // them since.
 //
 // What cannot be seen: a tool that switches tracing_on off and on again,
-// or swaps the snapshot buffer twice, between two checks (every poll
-// interval and every Flush) leaves no counter behind. Start refuses while
+// or swaps the snapshot buffer twice, between two checks (every 100 ms,
+// and at every Flush) leaves no counter behind. Start refuses while
 // another tool uses ftrace; a tool that starts later finds current_tracer
 // set to blk.
 //

@@ -1,6 +1,7 @@
 package tracer
 
 import (
+	"cmp"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -62,8 +63,9 @@ const (
 	// drainPages takes the complete pages: the buffer filled up.
 	drainPages drainMode = iota
 	// drainQuiet takes the complete pages and reads once more for the
-	// events of the page being written: the poll interval passed, so
-	// the buffer is quiet, and events should not wait longer.
+	// events of the page being written: the poll interval (or the spin
+	// guard, see run) passed without a data signal, so the buffer is
+	// quiet, and events should not wait longer.
 	drainQuiet
 	// drainAll takes everything until the kernel has nothing more: a
 	// flush or a stop waits for it.
@@ -230,7 +232,7 @@ func (c *cpuReader) run(interval time.Duration, afterDrain func(force bool)) {
 	for {
 		wait := interval
 		if empty >= 2 {
-			wait = min(interval, c.spinWait)
+			wait = min(interval, cmp.Or(c.spinWait, spinGuardWait))
 		}
 		readable, waiters, stopping := c.wait(wait, empty >= 2)
 		if h := testHookBeforeDrain.Load(); h != nil {
@@ -352,10 +354,10 @@ func readNonblock(fd int, p []byte) (int, error) {
 // when the entry count is zero, while the emptiness test looks at the
 // commit page only), and it persists while nothing is written. A few quick
 // retries cover a writer in the middle of a page switch; after them the
-// ring counts as empty. Only a drain that must take everything (patient)
-// retries: a quiet drain leaves a page switch to the next drain, and on a
-// ring that has gone quiet after taking events, where every read answers
-// 0 bytes, it would otherwise sleep three times at each poll interval.
+// ring counts as empty. A quiet drain does not retry (patient false): it
+// leaves a page switch to the next drain, and on a ring that has gone
+// quiet after its events were taken, where every read answers 0 bytes, it
+// would otherwise sleep three times at each poll interval.
 func readRing(fd int, p []byte, patient bool) (n int, empty bool, err error) {
 	for zeros := int64(0); ; {
 		n, err := rawRead(fd, p)

@@ -81,28 +81,35 @@ type ftraceSession struct {
 	watchStop, watchDone chan struct{}
 }
 
-// settingsCheckEvery is how often a session checks the tracing settings
-// whose change stops recording without a counter (checkSettingsLocked),
-// besides every Flush and Stop: a tool that switches tracing_on off and
-// on again faster than this can go unseen. One goroutine per session does
-// it, however many CPUs there are, so that the readers can sleep for their
-// whole poll interval.
+// settingsCheckEvery is how often a session checks tracing_on and
+// pause-on-trace (checkQuickSettingsLocked), whose switch off and on
+// again drops events without a counter: a switch shorter than this can go
+// unseen. The other settings are checked every poll interval. Every Flush
+// and Stop checks all of them. One goroutine per session does it, however
+// many CPUs there are, so that the readers can sleep for their whole
+// poll interval.
 const settingsCheckEvery = 100 * time.Millisecond
 
-// watchSettings starts the periodic settings check.
+// watchSettings starts the periodic settings checks.
 func (f *ftraceSession) watchSettings() {
 	f.watchStop, f.watchDone = make(chan struct{}), make(chan struct{})
+	fullEvery := max(1, int(f.interval/settingsCheckEvery))
 	go func() {
 		defer close(f.watchDone)
 		tick := time.NewTicker(settingsCheckEvery)
 		defer tick.Stop()
-		for {
+		for n := 1; ; n++ {
 			select {
 			case <-f.watchStop:
 				return
 			case <-tick.C:
-				f.checkSettings()
 			}
+			f.checkMu.Lock()
+			f.checkQuickSettingsLocked()
+			if n%fullEvery == 0 {
+				f.checkSettingsLocked()
+			}
+			f.checkMu.Unlock()
 		}
 	}()
 }
@@ -125,10 +132,10 @@ type settingFiles struct {
 func (f *ftraceSession) openSettings() {
 	f.settings = settingFiles{
 		currentTracer: newSysFile(f.path("current_tracer")),
-		tracingOn:     newSysFile(f.path("tracing_on")),
+		tracingOn:     &sysFile{path: f.path("tracing_on"), fd: -1, raw: true},
 		bufferSizeKB:  newSysFile(f.path("buffer_size_kb")),
 		cpumask:       newSysFile(f.path("tracing_cpumask")),
-		pause:         newSysFile(f.path("options", "pause-on-trace")),
+		pause:         &sysFile{path: f.path("options", "pause-on-trace"), fd: -1, raw: true},
 		percent:       newSysFile(f.path("buffer_percent")),
 	}
 }

@@ -263,16 +263,32 @@ func (f *ftraceSession) afterDrain(st *cpuState, force bool) {
 func (f *ftraceSession) checkSettings() {
 	f.checkMu.Lock()
 	defer f.checkMu.Unlock()
+	f.checkQuickSettingsLocked()
 	f.checkSettingsLocked()
 }
 
+// checkQuickSettingsLocked checks the settings a tool may switch off and
+// on again within moments, tracing_on and pause-on-trace (which makes a
+// read of the trace file stop recording): their files take no lock in
+// the kernel, so they are read raw (see rawsys_linux.go) and often.
+func (f *ftraceSession) checkQuickSettingsLocked() {
+	files := &f.settings
+	if on, err := files.tracingOn.read(); err != nil || on != "1" {
+		f.markAll("tracing_on switched off by someone else")
+	}
+	if f.changedSetting("options/pause-on-trace") {
+		if p, err := files.pause.read(); err != nil || p != "0" {
+			f.markAll("pause-on-trace set again by someone else: reading the trace file stops recording")
+		}
+	}
+}
+
+// checkSettingsLocked checks the other settings; some of their files take
+// the tracing mutex.
 func (f *ftraceSession) checkSettingsLocked() {
 	files := &f.settings
 	if cur, err := files.currentTracer.read(); err != nil || cur != "blk" {
 		f.markAll(fmt.Sprintf("current_tracer changed to %q by someone else", cur))
-	}
-	if on, err := files.tracingOn.read(); err != nil || on != "1" {
-		f.markAll("tracing_on switched off by someone else")
 	}
 	if kb, err := f.bufferSizeKB(); err != nil || kb != f.bufferKB {
 		// Resizing disables recording while it runs.
@@ -281,11 +297,6 @@ func (f *ftraceSession) checkSettingsLocked() {
 	}
 	if m, err := files.cpumask.read(); err != nil || m != f.cpumask {
 		f.markAll(fmt.Sprintf("tracing_cpumask changed from %s to %s by someone else", f.cpumask, m))
-	}
-	if f.changedSetting("options/pause-on-trace") {
-		if p, err := files.pause.read(); err != nil || p != "0" {
-			f.markAll("pause-on-trace set again by someone else: reading the trace file stops recording")
-		}
 	}
 	// Not a loss, but the readers would spin (see newFtraceSession): put
 	// it back.

@@ -81,10 +81,10 @@ type ftraceSession struct {
 	watchStop, watchDone chan struct{}
 }
 
-// settingsCheckEvery is how often a session checks tracing_on and
-// pause-on-trace (checkQuickSettingsLocked), whose switch off and on
-// again drops events without a counter: a switch shorter than this can go
-// unseen. The other settings are checked every poll interval. Every Flush
+// settingsCheckEvery is how often a session checks tracing_on,
+// pause-on-trace and the disks' trace/enable (checkQuickSettingsLocked),
+// whose switch off and on again drops events without a counter: a switch
+// shorter than this can go unseen. The other settings are checked every poll interval. Every Flush
 // and Stop checks all of them. One goroutine per session does it, however
 // many CPUs there are, so that the readers can sleep for their whole
 // poll interval.

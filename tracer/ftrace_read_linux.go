@@ -268,9 +268,10 @@ func (f *ftraceSession) checkSettings() {
 }
 
 // checkQuickSettingsLocked checks the settings a tool may switch off and
-// on again within moments, tracing_on and pause-on-trace (which makes a
-// read of the trace file stop recording): their files take no lock in
-// the kernel, so they are read raw (see rawsys_linux.go) and often.
+// on again within moments: tracing_on, pause-on-trace (which makes a read
+// of the trace file stop recording) and each disk's trace/enable. The
+// first two take no lock in the kernel, so they are read raw (see
+// rawsys_linux.go).
 func (f *ftraceSession) checkQuickSettingsLocked() {
 	files := &f.settings
 	if on, err := files.tracingOn.read(); err != nil || on != "1" {
@@ -279,6 +280,18 @@ func (f *ftraceSession) checkQuickSettingsLocked() {
 	if f.changedSetting("options/pause-on-trace") {
 		if p, err := files.pause.read(); err != nil || p != "0" {
 			f.markAll("pause-on-trace set again by someone else: reading the trace file stops recording")
+		}
+	}
+	f.subsMu.RLock()
+	defer f.subsMu.RUnlock()
+	for _, l := range f.subs {
+		for _, u := range l {
+			if u.stopping.Load() {
+				continue
+			}
+			if en, err := u.enable.read(); err != nil || en != "1" {
+				u.set.MarkIncomplete("blktrace of " + u.dev.disk + " disabled by someone else")
+			}
 		}
 	}
 }
@@ -302,18 +315,6 @@ func (f *ftraceSession) checkSettingsLocked() {
 	// it back.
 	if p, err := files.percent.read(); err == nil && p == "0" {
 		writeFile(f.path("buffer_percent"), defaultBufferPercent)
-	}
-	f.subsMu.RLock()
-	defer f.subsMu.RUnlock()
-	for _, l := range f.subs {
-		for _, u := range l {
-			if u.stopping.Load() {
-				continue
-			}
-			if en, err := u.enable.read(); err != nil || en != "1" {
-				u.set.MarkIncomplete("blktrace of " + u.dev.disk + " disabled by someone else")
-			}
-		}
 	}
 }
 

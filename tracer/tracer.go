@@ -58,8 +58,10 @@ type Options struct {
 	// Stop take everything and check everything at once, so the interval
 	// only bounds how stale Set is between flushes and how late a loss
 	// shows before the next flush (see Tracer.CompleteAtStop). It is what
-	// an idle tracer costs: each interval wakes one reader per CPU. The
-	// tracing settings are checked every 100ms, whatever the interval.
+	// an idle tracer costs: each interval wakes one reader per CPU, and
+	// the other tracing settings are checked. tracing_on, pause-on-trace
+	// and the disk's trace/enable are checked every 100ms, whatever the
+	// interval, by one goroutine.
 	PollInterval time.Duration
 	// BufferSizeKB, when not 0, sets the per-CPU ftrace ring size
 	// (buffer_size_kb) or the classic relay sub-buffer size for the time

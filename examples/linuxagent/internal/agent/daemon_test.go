@@ -32,6 +32,21 @@ func backup(t *testing.T, d *Daemon, mode agentapi.Mode, target string) agentapi
 	return res
 }
 
+// wantDiffAfterRestart starts the daemon again on dir and checks that its
+// first incremental falls back to an exact diff, for reason.
+func wantDiffAfterRestart(t *testing.T, m *fakeMachine, dir, reason string) *Daemon {
+	t.Helper()
+	d := startDaemon(t, m, dir)
+	res := backup(t, d, agentapi.Incremental, fakeTarget1)
+	if res.Mode != agentapi.Diff || !strings.Contains(res.FallbackReason, reason) {
+		t.Fatalf("incremental after a restart: %+v, want a diff because %s", res, reason)
+	}
+	if !m.exact(fakeTarget1) {
+		t.Fatal("the diff after the restart differs from the device")
+	}
+	return d
+}
+
 func TestFullThenIncrementalsWhileWriting(t *testing.T) {
 	m := newFakeMachine(4<<20, 1)
 	d := startDaemon(t, m, t.TempDir(), fakeDevice)
@@ -170,14 +185,7 @@ func TestCleanRestartKeepsTracking(t *testing.T) {
 		t.Fatal(err)
 	}
 	m.disk.write(rng)
-	d = startDaemon(t, m, dir)
-	res = backup(t, d, agentapi.Incremental, fakeTarget1)
-	if res.Mode != agentapi.Diff || !strings.Contains(res.FallbackReason, "while the daemon was stopped") {
-		t.Fatalf("incremental after a write in the gap: %+v", res)
-	}
-	if !m.exact(fakeTarget1) {
-		t.Fatal("diff differs from the device")
-	}
+	wantDiffAfterRestart(t, m, dir, "while the daemon was stopped")
 }
 
 // TestLossFoundAtStopIsNotSaved: a loss that only the tracer's last drain
@@ -192,14 +200,7 @@ func TestLossFoundAtStopIsNotSaved(t *testing.T) {
 	if err := d.Stop(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	d = startDaemon(t, m, dir)
-	res := backup(t, d, agentapi.Incremental, fakeTarget1)
-	if res.Mode != agentapi.Diff || !strings.Contains(res.FallbackReason, "overrun") {
-		t.Fatalf("incremental after a loss found at stop: %+v", res)
-	}
-	if !m.exact(fakeTarget1) {
-		t.Fatal("diff differs from the device")
-	}
+	wantDiffAfterRestart(t, m, dir, "overrun")
 }
 
 func TestUncleanStopForcesAnExactDiff(t *testing.T) {
@@ -213,14 +214,7 @@ func TestUncleanStopForcesAnExactDiff(t *testing.T) {
 	for range 10 {
 		m.disk.write(rng)
 	}
-	d = startDaemon(t, m, dir)
-	res := backup(t, d, agentapi.Incremental, fakeTarget1)
-	if res.Mode != agentapi.Diff || !strings.Contains(res.FallbackReason, "did not stop cleanly") {
-		t.Fatalf("incremental after an unclean stop: %+v", res)
-	}
-	if !m.exact(fakeTarget1) {
-		t.Fatal("diff after the unclean stop differs from the device")
-	}
+	d = wantDiffAfterRestart(t, m, dir, "did not stop cleanly")
 	if res := backup(t, d, agentapi.Incremental, fakeTarget1); res.Mode != agentapi.Incremental {
 		t.Fatalf("the diff did not re-establish the chain: %+v", res)
 	}

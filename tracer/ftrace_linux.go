@@ -84,10 +84,10 @@ type ftraceSession struct {
 // settingsCheckEvery is how often a session checks tracing_on,
 // pause-on-trace and the disks' trace/enable (checkQuickSettingsLocked),
 // whose switch off and on again drops events without a counter: a switch
-// shorter than this can go unseen. The other settings are checked every poll interval. Every Flush
-// and Stop checks all of them. One goroutine per session does it, however
-// many CPUs there are, so that the readers can sleep for their whole
-// poll interval.
+// shorter than this can go unseen. The other settings are checked every
+// poll interval, and every Flush and Stop checks all of them. One
+// goroutine per session does it, however many CPUs there are, so that the
+// readers can sleep for their whole poll interval.
 const settingsCheckEvery = 100 * time.Millisecond
 
 // watchSettings starts the periodic settings checks.
@@ -107,7 +107,7 @@ func (f *ftraceSession) watchSettings() {
 			f.checkMu.Lock()
 			f.checkQuickSettingsLocked()
 			if n%fullEvery == 0 {
-				f.checkSettingsLocked()
+				f.checkOtherSettingsLocked()
 			}
 			f.checkMu.Unlock()
 		}
@@ -124,7 +124,7 @@ func (f *ftraceSession) stopWatching() {
 	}
 }
 
-// settingFiles are the tracefs files checkSettings reads every interval.
+// settingFiles are the tracefs files the settings checks read.
 type settingFiles struct {
 	currentTracer, tracingOn, bufferSizeKB, cpumask, pause, percent *sysFile
 }
@@ -132,10 +132,10 @@ type settingFiles struct {
 func (f *ftraceSession) openSettings() {
 	f.settings = settingFiles{
 		currentTracer: newSysFile(f.path("current_tracer")),
-		tracingOn:     &sysFile{path: f.path("tracing_on"), fd: -1, raw: true},
+		tracingOn:     newRawSysFile(f.path("tracing_on")),
 		bufferSizeKB:  newSysFile(f.path("buffer_size_kb")),
 		cpumask:       newSysFile(f.path("tracing_cpumask")),
-		pause:         &sysFile{path: f.path("options", "pause-on-trace"), fd: -1, raw: true},
+		pause:         newRawSysFile(f.path("options", "pause-on-trace")),
 		percent:       newSysFile(f.path("buffer_percent")),
 	}
 }
@@ -273,7 +273,7 @@ func newFtraceSession(o Options) (_ *ftraceSession, err error) {
 			return nil, fmt.Errorf("tracer: tracing_cpumask %s excludes cpu%d: %w", f.cpumask, cpu, ErrBusy)
 		}
 		st := &cpuState{cpu: cpu, fd: -1, pipe: [2]int{-1, -1}, page: make([]byte, f.pageSize),
-			stats: &sysFile{path: filepath.Join(c, "stats"), fd: -1, raw: true}}
+			stats: newRawSysFile(filepath.Join(c, "stats"))}
 		f.states = append(f.states, st) // close closes its files
 		if st.base, err = readLossCounters(st.stats); err != nil {
 			return nil, fmt.Errorf("tracer: %w", err)

@@ -264,7 +264,7 @@ func (f *ftraceSession) checkSettings() {
 	f.checkMu.Lock()
 	defer f.checkMu.Unlock()
 	f.checkQuickSettingsLocked()
-	f.checkSettingsLocked()
+	f.checkOtherSettingsLocked()
 }
 
 // checkQuickSettingsLocked checks the settings a tool may switch off and
@@ -296,9 +296,9 @@ func (f *ftraceSession) checkQuickSettingsLocked() {
 	}
 }
 
-// checkSettingsLocked checks the other settings; some of their files take
-// the tracing mutex.
-func (f *ftraceSession) checkSettingsLocked() {
+// checkOtherSettingsLocked checks the settings checkQuickSettingsLocked
+// leaves out; some of their files take the tracing mutex.
+func (f *ftraceSession) checkOtherSettingsLocked() {
 	files := &f.settings
 	if cur, err := files.currentTracer.read(); err != nil || cur != "blk" {
 		f.markAll(fmt.Sprintf("current_tracer changed to %q by someone else", cur))

@@ -48,6 +48,10 @@ type sysFile struct {
 
 func newSysFile(path string) *sysFile { return &sysFile{path: path, fd: -1} }
 
+// newRawSysFile is a sysFile read with raw system calls: only for files
+// whose read takes no lock in the kernel (see rawsys_linux.go).
+func newRawSysFile(path string) *sysFile { return &sysFile{path: path, fd: -1, raw: true} }
+
 // read returns the file's content without surrounding white space.
 func (f *sysFile) read() (string, error) {
 	if f.closed {

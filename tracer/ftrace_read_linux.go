@@ -3,6 +3,7 @@ package tracer
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"time"
 
@@ -226,8 +227,8 @@ func (f *ftraceSession) apply(st *cpuState) {
 // is a "read events" count other than ours: another reader of the ring
 // (a trace_pipe reader consumes events) or a reset of the ring (which
 // discards them). The checks run at most once per poll interval unless
-// force (a flush or a stop waits); a forced one checks the settings too,
-// which the session also does every settingsCheckEvery.
+// force (a flush or a stop waits). The settings are checked by the
+// session, once per flush or stop, after all readers drained.
 func (f *ftraceSession) afterDrain(st *cpuState, force bool) {
 	now := time.Now()
 	if !force && now.Sub(st.lastCheck) < f.interval {
@@ -252,10 +253,6 @@ func (f *ftraceSession) afterDrain(st *cpuState, force bool) {
 		lc.read = b.read
 	}
 	st.base = lc
-	if force {
-		// Settings are also checked every settingsCheckEvery.
-		f.checkSettings()
-	}
 }
 
 // checkSettings checks that nobody changed the tracing settings that
@@ -319,10 +316,19 @@ func (f *ftraceSession) checkOtherSettingsLocked() {
 }
 
 // flush is the barrier (see Tracer). The readers check their CPU's loss
-// counters before they answer, and the settings are checked after.
+// counters before they answer, and the settings are checked once after:
+// a setting changed before the call shows in the sets when flush returns.
+// Also when the barrier failed (the kernel refuses markers while
+// tracing_on is 0), unless the readers are gone.
 func (f *ftraceSession) flush(ctx context.Context) error {
+	var err error
 	if f.markers != nil {
-		return f.markers.barrier(ctx, f.readers, 10*time.Second)
+		err = f.markers.barrier(ctx, f.readers, 10*time.Second)
+	} else {
+		err = flushAll(ctx, f.readers)
 	}
-	return flushAll(ctx, f.readers)
+	if !errors.Is(err, ErrStopped) {
+		f.checkSettings()
+	}
+	return err
 }

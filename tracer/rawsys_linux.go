@@ -26,8 +26,11 @@ import (
 // switches to 785 and from 77 ms of CPU to 72.
 //
 // Calls that may wait keep the usual entry: the poll(2) fallback's wait,
-// writes, opens, and the reads of the settings files, some of which take
-// the tracing mutex that a change of settings holds.
+// writes, opens, and the reads of the settings files that take a lock in
+// the kernel (current_tracer, buffer_size_kb and tracing_cpumask take the
+// tracing mutexes that a change of settings holds, a disk's trace/enable
+// its queue's). tracing_on and pause-on-trace read a flag without a lock
+// and are read raw (newRawSysFile).
 
 // rawRead is read(2) for a non-blocking file.
 func rawRead(fd int, p []byte) (int, error) {

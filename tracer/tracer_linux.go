@@ -33,7 +33,7 @@ func readSysString(path string) (string, error) {
 }
 
 // A sysFile is a small sysfs or tracefs file read again and again, as the
-// readers' checks do every poll interval. It stays open, and each read is
+// readers' loss checks and the session's settings checks do. It stays open, and each read is
 // a pread at offset 0, for which the kernel renders the file afresh: one
 // system call instead of os.ReadFile's open, stat, poller registration,
 // fcntls, reads and close. (These made up a sixth of the tracer's CPU time
